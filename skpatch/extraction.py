@@ -1,0 +1,461 @@
+"""Patch extraction: one row of patches per image.
+
+:func:`extract_patches` is the one extraction routine of the package. It
+returns the patch grid ``(n, gh, gw, ph, pw, C)`` as a read-only zero-copy
+strided view of the input when no padding is asked.
+:func:`reconstruct_from_patches` inverts it by averaging overlapping patches.
+:class:`PatchExtractor` wraps both as a stateless scikit-learn transformer that,
+unlike :class:`sklearn.feature_extraction.image.PatchExtractor`, keeps one row
+per image so that ``y`` stays aligned through a Pipeline.
+"""
+
+from numbers import Integral
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from .utils._validation import (
+    check_images,
+    check_size_pair,
+    restore_layout,
+    validate_images,
+)
+
+__all__ = ["PatchExtractor", "extract_patches", "reconstruct_from_patches"]
+
+
+def _resolve_padding(padding, patch_size):
+    """Return ``((top, bottom), (left, right))`` zero padding."""
+    if isinstance(padding, str):
+        if padding != "same":
+            raise ValueError(f"padding must be an int, (h, w) or 'same', got {padding!r}.")
+        # one patch per pixel; the patch at grid (i, j) is centred on pixel (i, j)
+        # (for an even size, the centre is the upper-left of the four middle pixels)
+        return tuple(((p - 1) // 2, p - 1 - (p - 1) // 2) for p in patch_size)
+    pad_h, pad_w = check_size_pair(padding, "padding", minimum=0)
+    return ((pad_h, pad_h), (pad_w, pad_w))
+
+
+def _grid_shape(image_hw, patch_size, stride, pads):
+    """Number of patch positions ``(gh, gw)``; raise if a patch does not fit."""
+    grid = []
+    for size, p, s, (before, after), axis in zip(
+        image_hw, patch_size, stride, pads, ("height", "width")
+    ):
+        padded = size + before + after
+        if p > padded:
+            raise ValueError(
+                f"patch_size {tuple(patch_size)} is larger than the images: patch "
+                f"{axis} {p} > image {axis} {size}"
+                + (f" + padding {before + after}" if before + after else "")
+                + "."
+            )
+        grid.append((padded - p) // s + 1)
+    return tuple(grid)
+
+
+def _as_4d(images, name="images"):
+    images = np.asarray(images)
+    if images.ndim == 3:
+        return images[..., np.newaxis]
+    if images.ndim == 4:
+        return images
+    raise ValueError(
+        f"{name} must be (n, H, W) or (n, H, W, C), got shape {images.shape}."
+    )
+
+
+def _pad(images, pads):
+    if not any(before or after for before, after in pads):
+        return images
+    return np.pad(images, ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def _extract_view(images, patch_size, stride, pads):
+    """Patch grid ``(n, gh, gw, ph, pw, C)`` of 4-D images; a view if unpadded."""
+    padded = _pad(images, pads)
+    windows = sliding_window_view(padded, patch_size, axis=(1, 2))
+    # windows: (n, H - ph + 1, W - pw + 1, C, ph, pw) -> channels last per patch
+    windows = windows[:, :: stride[0], :: stride[1]]
+    return windows.transpose(0, 1, 2, 4, 5, 3)
+
+
+def _extract_flat(images, patch_size, stride, pads):
+    """C-contiguous ``(n, gh * gw * ph * pw * C)`` copy in the input dtype."""
+    view = _extract_view(images, patch_size, stride, pads)
+    # copy(order="C") always copies, so the result never aliases the input
+    return view.copy(order="C").reshape(images.shape[0], -1)
+
+
+_SIZE = [Interval(Integral, 1, None, closed="left"), tuple, list]
+
+
+@validate_params(
+    {
+        "images": ["array-like"],
+        "patch_size": _SIZE,
+        "stride": _SIZE,
+        "padding": [
+            Interval(Integral, 0, None, closed="left"),
+            tuple,
+            list,
+            StrOptions({"same"}),
+        ],
+    },
+    prefer_skip_nested_validation=True,
+)
+def extract_patches(images, patch_size, *, stride=1, padding=0):
+    """Extract the grid of patches of every image.
+
+    Parameters
+    ----------
+    images : array-like of shape (n, H, W) or (n, H, W, C)
+        Images, channels last. No copy is made of a numpy array.
+    patch_size : int or tuple (ph, pw)
+        Patch height and width.
+    stride : int or tuple (sh, sw), default=1
+        Step between neighbouring patches.
+    padding : int, tuple (pad_h, pad_w) or 'same', default=0
+        Zero padding added on each side. ``'same'`` pads so that there is one
+        patch per pixel (per ``stride`` pixels), the patch at grid position
+        ``(i, j)`` being centred on pixel ``(i * sh, j * sw)``; for an even
+        patch size the centre is the upper-left of the four middle pixels.
+
+    Returns
+    -------
+    patches : ndarray of shape (n, gh, gw, ph, pw, C)
+        ``patches[k, i, j]`` is the patch of image ``k`` whose top-left corner
+        is at padded pixel ``(i * sh, j * sw)``; ``C = 1`` for grayscale input.
+        Without padding it is a read-only view into ``images``; with padding
+        a read-only view into a padded copy.
+
+    See Also
+    --------
+    reconstruct_from_patches : The inverse, averaging overlaps.
+    PatchExtractor : The same as a scikit-learn transformer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpatch import extract_patches
+    >>> images = np.arange(2 * 4 * 4).reshape(2, 4, 4)
+    >>> patches = extract_patches(images, 2, stride=2)
+    >>> patches.shape
+    (2, 2, 2, 2, 2, 1)
+    >>> patches[0, 1, 0, :, :, 0]
+    array([[ 8,  9],
+           [12, 13]])
+    """
+    patch_size = check_size_pair(patch_size, "patch_size")
+    stride = check_size_pair(stride, "stride")
+    pads = _resolve_padding(padding, patch_size)
+    images = _as_4d(images)
+    _grid_shape(images.shape[1:3], patch_size, stride, pads)
+    return _extract_view(images, patch_size, stride, pads)
+
+
+@validate_params(
+    {
+        "patches": ["array-like"],
+        "image_size": [tuple, list],
+        "stride": _SIZE,
+        "padding": [
+            Interval(Integral, 0, None, closed="left"),
+            tuple,
+            list,
+            StrOptions({"same"}),
+        ],
+    },
+    prefer_skip_nested_validation=True,
+)
+def reconstruct_from_patches(patches, image_size, *, stride=1, padding=0):
+    """Rebuild images from their patch grid, averaging overlapping pixels.
+
+    Vectorized: one array operation per pixel offset inside a patch
+    (``ph * pw`` of them), never a loop over patches.
+
+    Parameters
+    ----------
+    patches : array-like of shape (n, gh, gw, ph, pw, C)
+        A patch grid as returned by :func:`extract_patches`.
+    image_size : tuple (H, W)
+        Size of the original (unpadded) images.
+    stride : int or tuple (sh, sw), default=1
+        The stride used for extraction.
+    padding : int, tuple or 'same', default=0
+        The padding used for extraction; padded pixels are dropped.
+
+    Returns
+    -------
+    images : ndarray of shape (n, H, W, C)
+        Floating point (float64 for integer patches).
+
+    Raises
+    ------
+    ValueError
+        If the grid does not match ``image_size`` or leaves pixels uncovered
+        (a stride larger than the patch, say).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpatch import extract_patches, reconstruct_from_patches
+    >>> images = np.random.RandomState(0).rand(3, 5, 6)
+    >>> patches = extract_patches(images, 3)
+    >>> rebuilt = reconstruct_from_patches(patches, (5, 6))
+    >>> np.allclose(rebuilt[..., 0], images)
+    True
+    """
+    patches = np.asarray(patches)
+    if patches.ndim != 6:
+        raise ValueError(
+            "patches must be a patch grid of shape (n, gh, gw, ph, pw, C), got "
+            f"shape {patches.shape}."
+        )
+    image_size = check_size_pair(tuple(image_size), "image_size")
+    stride = check_size_pair(stride, "stride")
+    n, grid_h, grid_w, patch_h, patch_w, channels = patches.shape
+    patch_size = (patch_h, patch_w)
+    pads = _resolve_padding(padding, patch_size)
+    expected = _grid_shape(image_size, patch_size, stride, pads)
+    if expected != (grid_h, grid_w):
+        raise ValueError(
+            f"patches hold a {grid_h}x{grid_w} grid, but images of size {image_size} "
+            f"with patch_size {patch_size}, stride {stride} and padding {padding!r} "
+            f"give a {expected[0]}x{expected[1]} grid."
+        )
+    padded_h = image_size[0] + sum(pads[0])
+    padded_w = image_size[1] + sum(pads[1])
+    span_h = (grid_h - 1) * stride[0] + 1
+    span_w = (grid_w - 1) * stride[1] + 1
+    dtype = patches.dtype if patches.dtype.kind == "f" else np.float64
+    sums = np.zeros((n, padded_h, padded_w, channels), dtype=dtype)
+    counts = np.zeros((padded_h, padded_w), dtype=np.int64)
+    for di in range(patch_h):
+        for dj in range(patch_w):
+            rows = slice(di, di + span_h, stride[0])
+            cols = slice(dj, dj + span_w, stride[1])
+            sums[:, rows, cols, :] += patches[:, :, :, di, dj, :]
+            counts[rows, cols] += 1
+    inside = (
+        slice(pads[0][0], pads[0][0] + image_size[0]),
+        slice(pads[1][0], pads[1][0] + image_size[1]),
+    )
+    counts = counts[inside]
+    if counts.min() == 0:
+        raise ValueError(
+            f"patches of size {patch_size} at stride {stride} do not cover every "
+            f"pixel of a {image_size} image ({int((counts == 0).sum())} uncovered); "
+            "cannot reconstruct."
+        )
+    return sums[:, inside[0], inside[1], :] / counts[:, :, np.newaxis]
+
+
+class PatchExtractor(TransformerMixin, BaseEstimator):
+    """Extract the patches of each image, one row per image.
+
+    A stateless transformer: ``fit`` only validates and records the image
+    shape. Unlike :class:`sklearn.feature_extraction.image.PatchExtractor`, the
+    number of rows never changes, so ``y`` stays aligned in a Pipeline, and
+    the output keeps the input dtype.
+
+    Parameters
+    ----------
+    patch_size : int or tuple (ph, pw), default=8
+        Patch height and width.
+    stride : int or tuple (sh, sw), default=1
+        Step between neighbouring patches.
+    padding : int, tuple (pad_h, pad_w) or 'same', default=0
+        Zero padding on each side; ``'same'`` gives one patch per pixel (see
+        :func:`extract_patches`).
+    flatten : bool, default=False
+        If False, ``transform`` returns the patch grid
+        ``(n, gh, gw, ph, pw, C)`` (a read-only zero-copy view when there is
+        no padding). If True, a C-contiguous 2-D array
+        ``(n, gh * gw * ph * pw * C)`` in the input dtype, for tabular models.
+    image_shape : tuple (H, W) or (H, W, C), default=None
+        Shape of one image when ``X`` is given as 2-D rows ``(n, H*W*C)``;
+        one entry may be -1 (inferred). Not needed for 3-D or 4-D ``X``.
+
+    Attributes
+    ----------
+    image_shape_ : tuple (H, W, C)
+        Shape of the images seen in ``fit`` (``C = 1`` for grayscale).
+    patch_grid_shape_ : tuple (gh, gw)
+        Number of patch positions vertically and horizontally.
+    n_features_in_ : int
+        ``H * W * C``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only for 2-D input with string column names.
+
+    See Also
+    --------
+    extract_patches : The function behind ``transform``.
+    reconstruct_from_patches : The function behind ``inverse_transform``.
+
+    Notes
+    -----
+    Grayscale images keep a channel axis of length 1 in the patch grid, so
+    that downstream code handles one layout.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpatch import PatchExtractor
+    >>> X = np.arange(2 * 5 * 5, dtype=np.uint8).reshape(2, 5, 5)
+    >>> PatchExtractor(patch_size=3, stride=2).fit_transform(X).shape
+    (2, 2, 2, 3, 3, 1)
+    >>> Xt = PatchExtractor(patch_size=3, stride=2, flatten=True).fit_transform(X)
+    >>> Xt.shape, Xt.dtype
+    ((2, 36), dtype('uint8'))
+    """
+
+    _parameter_constraints = {
+        "patch_size": _SIZE,
+        "stride": _SIZE,
+        "padding": [
+            Interval(Integral, 0, None, closed="left"),
+            tuple,
+            list,
+            StrOptions({"same"}),
+        ],
+        "flatten": ["boolean"],
+        "image_shape": [tuple, list, None],
+    }
+
+    def __init__(
+        self, patch_size=8, *, stride=1, padding=0, flatten=False, image_shape=None
+    ):
+        self.patch_size = patch_size
+        self.stride = stride
+        self.padding = padding
+        self.flatten = flatten
+        self.image_shape = image_shape
+
+    def _resolved_params(self, images):
+        patch_size = check_size_pair(self.patch_size, "patch_size")
+        stride = check_size_pair(self.stride, "stride")
+        pads = _resolve_padding(self.padding, patch_size)
+        grid = _grid_shape(images.shape[1:3], patch_size, stride, pads)
+        return patch_size, stride, pads, grid
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Validate the images and record their shape.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+            Images.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : PatchExtractor
+        """
+        images = validate_images(self, X, reset=True)
+        *_, self.patch_grid_shape_ = self._resolved_params(images)
+        return self
+
+    def transform(self, X):
+        """Extract the patches of each image.
+
+        Works without ``fit`` (the transformer is stateless); after ``fit``,
+        images of another shape are an error.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+            Images.
+
+        Returns
+        -------
+        patches : ndarray of shape (n, gh, gw, ph, pw, C) or (n, gh*gw*ph*pw*C)
+            The patch grid, or its flattened copy when ``flatten=True``.
+        """
+        if hasattr(self, "image_shape_"):
+            images = validate_images(self, X, reset=False)
+        else:
+            self._validate_params()
+            images = check_images(X, image_shape=self.image_shape)
+        patch_size, stride, pads, _ = self._resolved_params(images)
+        if self.flatten:
+            return _extract_flat(images, patch_size, stride, pads)
+        return _extract_view(images, patch_size, stride, pads)
+
+    def inverse_transform(self, X):
+        """Rebuild images from patches, averaging overlapping pixels.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, gh, gw, ph, pw, C) or (n, gh*gw*ph*pw*C)
+            Output of ``transform``.
+
+        Returns
+        -------
+        images : ndarray
+            Floating point images in the layout passed to ``fit``.
+        """
+        check_is_fitted(self)
+        patches = np.asarray(X)
+        height, width, channels = self.image_shape_
+        patch_size, stride, _, _ = self._resolved_params(
+            np.empty((1, height, width, channels))
+        )
+        grid_shape = self.patch_grid_shape_ + patch_size + (channels,)
+        if patches.ndim == 2:
+            if patches.shape[1] != int(np.prod(grid_shape)):
+                raise ValueError(
+                    f"X has {patches.shape[1]} features, but PatchExtractor "
+                    f"produces {int(np.prod(grid_shape))} per image."
+                )
+            patches = patches.reshape((patches.shape[0],) + grid_shape)
+        elif patches.shape[1:] != grid_shape:
+            raise ValueError(
+                f"X must be a patch grid of shape (n, {', '.join(map(str, grid_shape))})"
+                f" or its flattened rows, got shape {patches.shape}."
+            )
+        images = reconstruct_from_patches(
+            patches, (height, width), stride=stride, padding=self.padding
+        )
+        return restore_layout(images, self._input_layout)
+
+    @available_if(lambda self: self.flatten)
+    def get_feature_names_out(self, input_features=None):
+        """Names of the flattened features: ``patch{i}_{j}_row{r}_col{c}_ch{k}``.
+
+        Only available with ``flatten=True``.
+
+        Parameters
+        ----------
+        input_features : None
+            Ignored; present for API consistency.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self)
+        grid_h, grid_w = self.patch_grid_shape_
+        patch_h, patch_w = check_size_pair(self.patch_size, "patch_size")
+        channels = self.image_shape_[2]
+        names = [
+            f"patch{i}_{j}_row{r}_col{c}_ch{k}"
+            for i in range(grid_h)
+            for j in range(grid_w)
+            for r in range(patch_h)
+            for c in range(patch_w)
+            for k in range(channels)
+        ]
+        return np.asarray(names, dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

@@ -1,0 +1,341 @@
+"""Validation of image inputs: the data contract shared by every estimator.
+
+Images come as ``(n, H, W)``, ``(n, H, W, C)`` (channels last), or as 2-D rows
+``(n, H*W*C)`` together with ``image_shape=(H, W[, C])``. Everything is
+returned as a 4-D ``(n, H, W, C)`` array so that downstream code has a single
+layout to handle; :func:`restore_layout` maps results back to the caller's
+layout.
+"""
+
+import numbers
+
+import numpy as np
+from sklearn.utils import check_array
+from sklearn.utils.validation import validate_data
+
+__all__ = [
+    "check_images",
+    "check_image_shape",
+    "check_size_pair",
+    "restore_layout",
+    "validate_images",
+]
+
+
+def check_size_pair(value, name, *, minimum=1):
+    """Return ``(h, w)`` from an int or a pair of ints, or raise naming ``name``.
+
+    Parameters
+    ----------
+    value : int or tuple of two ints
+        The size; an int ``s`` means ``(s, s)``.
+    name : str
+        Parameter name used in error messages.
+    minimum : int, default=1
+        Smallest allowed value of each entry.
+
+    Returns
+    -------
+    pair : tuple of two int
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+        )
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(
+            f"{name} must be an int or a pair of ints (h, w), got {value!r}."
+        )
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum} in each dimension, got {value!r}.")
+    return pair
+
+
+def check_image_shape(image_shape, n_features=None):
+    """Validate ``image_shape`` and resolve it to ``(H, W, C)``.
+
+    One entry may be ``-1``: it is inferred from ``n_features`` as in
+    :func:`numpy.reshape` (``image_shape=(1, -1)`` reads each row as a
+    one-pixel-high strip).
+
+    Parameters
+    ----------
+    image_shape : tuple of 2 or 3 ints
+        ``(H, W)`` for grayscale rows, ``(H, W, C)`` for channels-last rows.
+    n_features : int, default=None
+        Row length the shape must account for; ``None`` skips that check
+        (and forbids ``-1``).
+
+    Returns
+    -------
+    shape : tuple of three int
+        ``(H, W, C)``, with ``C = 1`` for a 2-entry ``image_shape``.
+    """
+    if not isinstance(image_shape, (tuple, list)) or len(image_shape) not in (2, 3):
+        raise TypeError(
+            "image_shape must be a tuple (H, W) or (H, W, C) of positive ints, "
+            f"got {image_shape!r}."
+        )
+    dims = list(image_shape)
+    for d in dims:
+        if not isinstance(d, numbers.Integral) or isinstance(d, bool):
+            raise TypeError(f"image_shape must hold ints, got {image_shape!r}.")
+    if len(dims) == 2:
+        dims.append(1)
+    n_unknown = sum(d == -1 for d in dims)
+    if n_unknown > 1 or any(d == 0 or d < -1 for d in dims):
+        raise ValueError(
+            "image_shape entries must be positive (at most one may be -1), "
+            f"got {image_shape!r}."
+        )
+    if n_unknown:
+        known = int(np.prod([d for d in dims if d != -1]))
+        if n_features is None:
+            raise ValueError(
+                f"image_shape={tuple(image_shape)!r} has a -1 entry, which needs "
+                "2-D input rows to infer it from."
+            )
+        if n_features % known:
+            raise ValueError(
+                f"image_shape={tuple(image_shape)!r} does not divide the "
+                f"{n_features} features of each row of X."
+            )
+        dims = [n_features // known if d == -1 else d for d in dims]
+    dims = tuple(int(d) for d in dims)
+    if n_features is not None and int(np.prod(dims)) != n_features:
+        raise ValueError(
+            f"image_shape={tuple(image_shape)!r} holds {int(np.prod(dims))} values "
+            f"per image but X has {n_features} features per row; expected "
+            "n_features == H * W * C."
+        )
+    return dims
+
+
+def _reject_non_numeric(X, input_name):
+    dtype = getattr(X, "dtype", None)
+    if dtype is None:
+        return
+    # pandas extension dtypes have no numpy kind; let check_array handle them
+    kind = getattr(dtype, "kind", None)
+    if kind in ("U", "S"):
+        raise TypeError(
+            f"{input_name} must hold numbers (uint8 or float images), got an "
+            f"array of strings with dtype {dtype}."
+        )
+    if kind == "c":
+        raise ValueError(
+            f"Complex data not supported: {input_name} has dtype {dtype}; "
+            "images must be real (uint8 or float)."
+        )
+
+
+def _to_float(images):
+    """uint8 -> float32 in [0, 1]; floats kept; other ints and bools -> float64 values."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255.0)
+    if images.dtype.kind == "f":
+        return images
+    return images.astype(np.float64)
+
+
+def check_images(
+    X,
+    *,
+    image_shape=None,
+    dtype=None,
+    input_name="X",
+    ensure_min_samples=1,
+    copy=False,
+):
+    """Validate a batch of images and return it as ``(n, H, W, C)``.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+        The images, channels last. 2-D rows need ``image_shape``.
+    image_shape : tuple (H, W) or (H, W, C), default=None
+        Shape of one image when ``X`` is 2-D; one entry may be ``-1``.
+        Ignored for 3-D and 4-D ``X`` only if it agrees with them.
+    dtype : {None, 'float'}, default=None
+        ``None`` keeps the input dtype (any real numeric type). ``'float'``
+        scales ``uint8`` to float32 in [0, 1], keeps floats as they are, and
+        converts other integer or boolean data to float64 values unscaled.
+    input_name : str, default='X'
+        Name used in error messages.
+    ensure_min_samples : int, default=1
+        Minimum number of images.
+    copy : bool, default=False
+        Force a copy (otherwise the input may be returned as a view).
+
+    Returns
+    -------
+    images : ndarray of shape (n, H, W, C)
+        Grayscale input gets ``C = 1``.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric data.
+    ValueError
+        Complex data, wrong number of dimensions, ``image_shape`` not matching
+        the row length, NaN or infinite values, no images, zero-size images.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpatch.utils import check_images
+    >>> check_images(np.zeros((2, 4, 5), dtype=np.uint8)).shape
+    (2, 4, 5, 1)
+    >>> check_images(np.ones((2, 12)), image_shape=(2, 2, 3)).shape
+    (2, 2, 2, 3)
+    """
+    if dtype not in (None, "float"):
+        raise ValueError(f"dtype must be None or 'float', got {dtype!r}.")
+    _reject_non_numeric(X, input_name)
+    images = check_array(
+        X,
+        accept_sparse=False,
+        dtype="numeric",
+        allow_nd=True,
+        ensure_2d=True,
+        ensure_min_samples=ensure_min_samples,
+        ensure_min_features=0,
+        ensure_all_finite=True,
+        copy=copy,
+        input_name=input_name,
+    )
+    return _to_image_layout(images, image_shape, dtype, input_name)
+
+
+def _to_image_layout(images, image_shape, dtype, input_name):
+    if images.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {input_name} is complex.")
+    if images.ndim == 2:
+        if image_shape is None:
+            raise ValueError(
+                f"{input_name} is 2-D with shape {images.shape}: pass "
+                "image_shape=(H, W) or (H, W, C) to say how each row is an image, "
+                "or pass images as (n, H, W) or (n, H, W, C)."
+            )
+        shape = check_image_shape(image_shape, images.shape[1])
+        images = images.reshape((images.shape[0],) + shape)
+    elif images.ndim in (3, 4):
+        if images.ndim == 3:
+            images = images[..., np.newaxis]
+        if image_shape is not None:
+            shape = check_image_shape(image_shape, int(np.prod(images.shape[1:])))
+            if shape != images.shape[1:]:
+                raise ValueError(
+                    f"{input_name} holds images of shape {images.shape[1:]} (H, W, C) "
+                    f"but image_shape={tuple(image_shape)!r}."
+                )
+    else:
+        raise ValueError(
+            f"{input_name} must be 2-D (n, H*W*C) rows with image_shape, 3-D "
+            f"(n, H, W) or 4-D (n, H, W, C) images; got {images.ndim}-D with "
+            f"shape {images.shape}."
+        )
+    if 0 in images.shape[1:]:
+        raise ValueError(
+            f"{input_name} holds zero-size images of shape {images.shape[1:]} "
+            "(H, W, C); every dimension must be at least 1."
+        )
+    if dtype == "float":
+        images = _to_float(images)
+    return images
+
+
+def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
+    """Validate images for an estimator and record or check their shape.
+
+    2-D rows go through :func:`sklearn.utils.validation.validate_data`, so
+    ``n_features_in_`` and ``feature_names_in_`` behave as in scikit-learn.
+    On ``reset=True`` the image shape is stored in ``image_shape_`` as
+    ``(H, W, C)`` and the input layout in ``_input_layout``; otherwise images
+    of another shape are an error.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+    X : array-like
+        Images as accepted by :func:`check_images`.
+    reset : bool
+        True in ``fit``, False afterwards.
+    dtype : {None, 'float'}, default=None
+        As in :func:`check_images`.
+    image_shape : tuple or None or 'param', default='param'
+        ``'param'`` reads ``estimator.image_shape``.
+
+    Returns
+    -------
+    images : ndarray of shape (n, H, W, C)
+    """
+    if isinstance(image_shape, str) and image_shape == "param":
+        image_shape = getattr(estimator, "image_shape", None)
+    name = type(estimator).__name__
+    _reject_non_numeric(X, "X")
+    ndim = getattr(X, "ndim", None)
+    if ndim is None:
+        ndim = np.asarray(X).ndim
+    if ndim <= 2:
+        # tabular path: sklearn handles feature counts and names
+        rows = validate_data(
+            estimator,
+            X,
+            reset=reset,
+            dtype="numeric",
+            ensure_all_finite=True,
+            ensure_min_samples=1,
+        )
+        if rows.ndim != 2:  # 1-D input is rejected by validate_data already
+            raise ValueError(f"X must be 2-D rows, got shape {rows.shape}.")
+        if not reset:
+            image_shape = getattr(estimator, "image_shape_", image_shape)
+        images = _to_image_layout(rows, image_shape, dtype, "X")
+        layout = "rows"
+    else:
+        images = check_images(X, image_shape=None, dtype=None)
+        if image_shape is not None:
+            shape = check_image_shape(image_shape, int(np.prod(images.shape[1:])))
+            if shape != images.shape[1:]:
+                raise ValueError(
+                    f"X holds images of shape {images.shape[1:]} (H, W, C) but "
+                    f"{name} was given image_shape={tuple(image_shape)!r}."
+                )
+        if reset:
+            estimator.n_features_in_ = int(np.prod(images.shape[1:]))
+            if hasattr(estimator, "feature_names_in_"):
+                del estimator.feature_names_in_
+        images = _to_image_layout(images, None, dtype, "X")
+        layout = "grayscale" if ndim == 3 else "channels_last"
+    if reset:
+        estimator.image_shape_ = tuple(int(d) for d in images.shape[1:])
+        estimator._input_layout = layout
+    elif tuple(images.shape[1:]) != tuple(estimator.image_shape_):
+        raise ValueError(
+            f"X holds images of shape {tuple(images.shape[1:])} (H, W, C), but "
+            f"{name} was fitted on images of shape {tuple(estimator.image_shape_)}."
+        )
+    return images
+
+
+def restore_layout(images, layout):
+    """Return ``(n, H, W, C)`` images in the caller's layout.
+
+    Parameters
+    ----------
+    images : ndarray of shape (n, H, W, C)
+    layout : {'rows', 'grayscale', 'channels_last'}
+        As recorded by :func:`validate_images`.
+    """
+    if layout == "rows":
+        return images.reshape(images.shape[0], -1)
+    if layout == "grayscale":
+        return images[..., 0]
+    return images
