@@ -18,9 +18,11 @@ _LAZY_NAMES = {
     "extract_patches": "extraction",
     "reconstruct_from_patches": "extraction",
     "check_images": "utils._validation",
+    "PatchBoundPredictor": "bounds",
+    "generalization_bound": "bounds",
 }
 
-_SUBMODULES = ["datasets", "extraction", "utils"]
+_SUBMODULES = ["bounds", "datasets", "extraction", "utils"]
 
 __all__ = sorted(list(_LAZY_NAMES) + _SUBMODULES + ["__version__"])
 

@@ -17,11 +17,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
+from ._patch_size_results import load_patch_size_results
+
 __all__ = [
     "load_cifar10",
     "load_digits_images",
     "load_fashion_mnist",
     "load_image_folder",
+    "load_patch_size_results",
 ]
 
 CIFAR10_CLASSES = [
