@@ -1,0 +1,133 @@
+"""Nearest-atom search for the patch dictionary: faiss and a GEMM + top-k path.
+
+faiss (k-means, exact L2 index, GPU search, small k) and torch (GEMM followed
+by an unsorted ``torch.topk``, much faster than faiss's heap selection at
+large k on CPU) are both imported inside the functions, so importing this
+module stays cheap. Both paths return the same neighbour sets up to ties.
+"""
+
+import numpy as np
+
+__all__ = [
+    "import_faiss",
+    "faiss_kmeans",
+    "build_index",
+    "index_search",
+    "serialize_index",
+    "deserialize_index",
+    "gemm_scores",
+    "gemm_topk",
+]
+
+
+def import_faiss():
+    """Return the faiss module or raise an ImportError saying what to install."""
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss is a hard dependency here
+        raise ImportError(
+            "PatchDictionaryEmbedding needs faiss: pip install faiss-cpu "
+            "(or faiss-gpu for CUDA)."
+        ) from exc
+    return faiss
+
+
+def _faiss_has_gpu(faiss):
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def faiss_kmeans(points, n_clusters, *, n_iter=25, seed=0, use_gpu=False):
+    """Cluster ``points`` with faiss k-means and return the centroids.
+
+    Parameters
+    ----------
+    points : ndarray of shape (m, d)
+        Training points (converted to C-contiguous float32).
+    n_clusters : int
+        Number of centroids.
+    n_iter : int, default=25
+        Lloyd iterations.
+    seed : int, default=0
+        faiss seed (initialisation and its own subsampling).
+    use_gpu : bool, default=False
+        Run on the GPU when faiss was built with CUDA support.
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_clusters, d), float32
+    """
+    faiss = import_faiss()
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    kmeans = faiss.Kmeans(
+        points.shape[1],
+        int(n_clusters),
+        niter=int(n_iter),
+        seed=int(seed),
+        # use every sampled point: the caller already subsampled
+        max_points_per_centroid=max(256, -(-points.shape[0] // int(n_clusters))),
+        gpu=bool(use_gpu and _faiss_has_gpu(faiss)),
+        verbose=False,
+    )
+    kmeans.train(points)
+    return np.array(kmeans.centroids, dtype=np.float32, copy=True)
+
+
+def build_index(atoms, *, use_gpu=False):
+    """Exact L2 faiss index (``IndexFlatL2``) over ``atoms``, on the GPU if asked and possible."""
+    faiss = import_faiss()
+    atoms = np.ascontiguousarray(atoms, dtype=np.float32)
+    index = faiss.IndexFlatL2(atoms.shape[1])
+    index.add(atoms)
+    if use_gpu and _faiss_has_gpu(faiss):
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    return index
+
+
+def index_search(index, queries, k):
+    """Squared distances and indices of the ``k`` nearest atoms, sorted by distance."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    return index.search(queries, int(k))
+
+
+def serialize_index(index):
+    """Bytes of ``index`` (moved to the CPU first), loadable on a CPU-only machine."""
+    faiss = import_faiss()
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        index = faiss.index_gpu_to_cpu(index)
+    return faiss.serialize_index(index).tobytes()
+
+
+def deserialize_index(data):
+    """Inverse of :func:`serialize_index`; returns a CPU index."""
+    faiss = import_faiss()
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy())
+
+
+def gemm_scores(queries, atoms, atom_sq_norms):
+    """``2 q.a - |a|^2``: larger is nearer; equals ``|q|^2 - |q - a|^2``.
+
+    The row constant ``|q|^2`` does not change the ranking, so it is left out;
+    ``-queries`` ranks with ``-(queries @ atoms.T) * 2 - |a|^2``, the same GEMM.
+
+    Parameters
+    ----------
+    queries : torch.Tensor of shape (m, d)
+    atoms : torch.Tensor of shape (q, d)
+    atom_sq_norms : torch.Tensor of shape (q,)
+
+    Returns
+    -------
+    scores : torch.Tensor of shape (m, q)
+    """
+    scores = queries @ atoms.T
+    scores.mul_(2.0).sub_(atom_sq_norms)
+    return scores
+
+
+def gemm_topk(scores, k):
+    """Unsorted indices (and scores) of the ``k`` largest scores of each row."""
+    import torch
+
+    values, indices = torch.topk(scores, int(k), dim=1, largest=True, sorted=False)
+    return values, indices
