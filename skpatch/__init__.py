@@ -20,9 +20,10 @@ _LAZY_NAMES = {
     "check_images": "utils._validation",
     "PatchBoundPredictor": "bounds",
     "generalization_bound": "bounds",
+    "PatchDictionaryEmbedding": "embedding",
 }
 
-_SUBMODULES = ["bounds", "datasets", "extraction", "utils"]
+_SUBMODULES = ["bounds", "datasets", "embedding", "extraction", "utils"]
 
 __all__ = sorted(list(_LAZY_NAMES) + _SUBMODULES + ["__version__"])
 

@@ -9,14 +9,19 @@ apply to images, each with its reason. Later components add their rows here.
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skpatch import PatchExtractor
+from skpatch import PatchDictionaryEmbedding, PatchExtractor
 
 ESTIMATORS = [
     PatchExtractor(patch_size=(1, 1), image_shape=(1, -1), flatten=True),
+    PatchDictionaryEmbedding(
+        patch_size=1, n_atoms=4, n_neighbors=2, dictionary="gaussian", pooling=1,
+        image_shape=(1, -1), random_state=0,
+    ),
 ]
 
 EXPECTED_FAILED = {
     "PatchExtractor": {},
+    "PatchDictionaryEmbedding": {},
 }
 
 
