@@ -22,12 +22,20 @@ __all__ = [
     "bagnet17",
     "bagnet33",
     "BAGNET_KERNEL3",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "InputAffine",
+    "load_reference_weights",
 ]
 
 # patch size -> how many blocks of each stage use a 3x3 middle conv
 BAGNET_KERNEL3 = {9: (1, 1, 0, 0), 17: (1, 1, 1, 0), 33: (1, 1, 1, 1)}
 
 _STAGE_STRIDES = (2, 2, 2, 1)
+
+# input statistics of the official weights: RGB in [0, 1], ImageNet mean/std
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Bottleneck(nn.Module):
@@ -137,6 +145,7 @@ class BagNet(nn.Module):
         if min(layers) < 1:
             raise ValueError(f"layers must hold positive ints, got {layers!r}.")
         self.avg_pool = avg_pool
+        self.backbone_frozen = False
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, padding=0, bias=False)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=0, bias=False)
         self.bn1 = nn.BatchNorm2d(width, momentum=0.001)
@@ -161,6 +170,22 @@ class BagNet(nn.Module):
         self.fc = nn.Linear(channels, n_classes)
         self.receptive_field = receptive_field
         self.stride = jump
+
+    def freeze_backbone(self):
+        """Train only ``fc``: no gradients elsewhere, BatchNorm statistics kept."""
+        self.backbone_frozen = True
+        for name, param in self.named_parameters():
+            param.requires_grad_(name.startswith("fc."))
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.backbone_frozen:
+            # a frozen backbone must not update its BatchNorm running statistics
+            for name, child in self.named_children():
+                if name != "fc":
+                    child.eval()
+        return self
 
     def grid_shape(self, height, width):
         """Number of output locations ``(gh, gw)`` for an image of that size."""
@@ -279,3 +304,55 @@ def bagnet33(n_classes=1000, width=64, layers=(3, 4, 6, 3), avg_pool=True, in_ch
     (24, 24)
     """
     return _bagnet(33, n_classes, width, layers, avg_pool, in_channels)
+
+
+class InputAffine(nn.Module):
+    """Apply ``x * scale + shift`` per channel before a BagNet.
+
+    Used to feed a network trained with other input statistics (the official
+    weights expect ImageNet normalization) from data normalized otherwise.
+    ``patch_logits`` and ``forward`` are those of the wrapped network.
+
+    Parameters
+    ----------
+    net : BagNet
+    scale, shift : array-like of shape (C,)
+    """
+
+    def __init__(self, net, scale, shift):
+        super().__init__()
+        self.net = net
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return self.net(x * self.scale + self.shift)
+
+    def patch_logits(self, x):
+        return self.net.patch_logits(x * self.scale + self.shift)
+
+
+def load_reference_weights(model, state_dict, *, reset_fc=False):
+    """Load a state dict in the reference naming strictly into ``model``.
+
+    Parameters
+    ----------
+    model : BagNet
+    state_dict : dict
+        Keys as in the reference implementation; a ``module.`` prefix on every
+        key (saved from ``DataParallel``) is removed.
+    reset_fc : bool, default=False
+        Keep ``model.fc`` as it is and load everything else strictly (used
+        when the number of classes differs from the weights').
+
+    Returns
+    -------
+    model : BagNet
+    """
+    state = dict(state_dict)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if reset_fc:
+        state.update({f"fc.{k}": v for k, v in model.fc.state_dict().items()})
+    model.load_state_dict(state, strict=True)
+    return model
