@@ -21,9 +21,12 @@ _LAZY_NAMES = {
     "PatchBoundPredictor": "bounds",
     "generalization_bound": "bounds",
     "PatchDictionaryEmbedding": "embedding",
+    "PatchOrderer": "ordering",
+    "order_patches": "ordering",
+    "unorder_patches": "ordering",
 }
 
-_SUBMODULES = ["bounds", "datasets", "embedding", "extraction", "utils"]
+_SUBMODULES = ["bounds", "datasets", "embedding", "extraction", "ordering", "utils"]
 
 __all__ = sorted(list(_LAZY_NAMES) + _SUBMODULES + ["__version__"])
 
