@@ -464,12 +464,15 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
             return tuple(float(s) for s in self.stride)
         return float(self.stride), float(self.stride)
 
-    def _validate_X(self, X, y=None, *, reset):
+    def _validate_X(self, X, y="no_validation", sample_weight=None, *, reset):
         X = _select_named_columns(X)
-        if y is None:
+        if isinstance(y, str) and y == "no_validation":
             X = validate_data(self, X, reset=reset, dtype=np.float64)
         else:
             X, y = validate_data(self, X, y, reset=reset, dtype=np.float64, y_numeric=True)
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )
         # a negative count or size is the commonest domain error: say so first
         if np.any(X < 0):
             raise ValueError(
@@ -479,9 +482,9 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
         if X.shape[1] not in (6, 7):
             raise ValueError(
                 f"X must have 6 columns {FEATURE_NAMES[:6]} or 7 with 'stride', "
-                f"got {X.shape[1]} columns."
+                f"got n_features = {X.shape[1]}."
             )
-        return X, y
+        return X, y, sample_weight
 
     def _settings(self, X, stride_hw):
         """Check X's columns against the model's domain and name the columns."""
@@ -535,9 +538,8 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
             The fitted predictor.
         """
         stride_hw = self._check_params()
-        X, y = self._validate_X(X, y, reset=True)
+        X, y, sample_weight = self._validate_X(X, y, sample_weight, reset=True)
         settings = self._settings(X, stride_hw)
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         sqrt_weight = np.sqrt(sample_weight)
         calibrate = tuple(self.calibrate)
 
@@ -585,7 +587,7 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
         """
         check_is_fitted(self)
         stride_hw = self._check_params()
-        X, _ = self._validate_X(X, reset=False)
+        X, _, _ = self._validate_X(X, reset=False)
         settings = self._settings(X, stride_hw)
         return _bound_flat(
             settings, alpha=self.alpha_, c4=self.c4_, c6=self.c6_,
@@ -596,4 +598,6 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
+        # a fixed physical model with at most three constants, not a general fit
+        tags.regressor_tags.poor_score = True
         return tags

@@ -7,9 +7,37 @@ strip, so every check (any number of features) has a valid image layout.
 apply to images, each with its reason. Later components add their rows here.
 """
 
+import numpy as np
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skpatch import PatchDictionaryEmbedding, PatchExtractor
+from skpatch import PatchBoundPredictor, PatchDictionaryEmbedding, PatchExtractor
+
+
+class _BoundSettings:
+    """Map any numeric rows to valid (N, K, H, W, C, T) rows of the bound.
+
+    PatchBoundPredictor takes six named quantities, not arbitrary features;
+    behind this map every check's data is a valid setting. A class, so the
+    test ids have a stable repr (a function's repr holds its address).
+    """
+
+    def __call__(self, X):
+        level = np.abs(X).mean(axis=1)
+        n_rows = level.shape[0]
+        return np.column_stack([
+            1000.0 * (1.0 + level),
+            1.0 + np.floor(10.0 * level) % 100,
+            np.full(n_rows, 32.0),
+            np.full(n_rows, 32.0),
+            np.full(n_rows, 3.0),
+            3.0 + np.floor(7.0 * level) % 30,
+        ])
+
+    def __repr__(self):
+        return "_BoundSettings()"
+
 
 ESTIMATORS = [
     PatchExtractor(patch_size=(1, 1), image_shape=(1, -1), flatten=True),
@@ -17,11 +45,54 @@ ESTIMATORS = [
         patch_size=1, n_atoms=4, n_neighbors=2, dictionary="gaussian", pooling=1,
         image_shape=(1, -1), random_state=0,
     ),
+    PatchBoundPredictor(),
+    make_pipeline(
+        FunctionTransformer(_BoundSettings(), validate=True), PatchBoundPredictor()
+    ),
 ]
+
+# checks whose X has arbitrary columns: run on the Pipeline row instead
+_BOUND_NEEDS_SETTINGS = (
+    "X must be (N, K, H, W, C, T[, S]) settings of the bound and the check feeds "
+    "arbitrary features; the Pipeline row maps them to valid settings and runs it"
+)
 
 EXPECTED_FAILED = {
     "PatchExtractor": {},
     "PatchDictionaryEmbedding": {},
+    "PatchBoundPredictor": {
+        check: _BOUND_NEEDS_SETTINGS
+        for check in (
+            "check_dict_unchanged", "check_dont_overwrite_parameters",
+            "check_dtype_object", "check_estimators_dtypes",
+            "check_estimators_fit_returns_self", "check_estimators_nan_inf",
+            "check_estimators_overwrite_params", "check_estimators_pickle",
+            "check_f_contiguous_array_estimator", "check_fit2d_1sample",
+            "check_fit2d_predict1d", "check_fit_check_is_fitted",
+            "check_fit_idempotent", "check_fit_score_takes_y",
+            "check_methods_sample_order_invariance",
+            "check_methods_subset_invariance", "check_n_features_in",
+            "check_n_features_in_after_fitting", "check_pipeline_consistency",
+            "check_readonly_memmap_input", "check_regressor_data_not_an_array",
+            "check_regressors_int", "check_regressors_no_decision_function",
+            "check_regressors_train", "check_sample_weight_equivalence_on_dense_data",
+            "check_sample_weights_list", "check_sample_weights_not_an_array",
+            "check_sample_weights_not_overwritten",
+            "check_sample_weights_pandas_series", "check_sample_weights_shape",
+            "check_supervised_y_2d",
+        )
+    },
+    # the PatchBoundPredictor row behind _BoundSettings
+    "Pipeline": {
+        "check_estimators_overwrite_params": (
+            "Pipeline fits its steps in place; scikit-learn lists the same "
+            "expected failure for Pipeline"
+        ),
+        "check_dont_overwrite_parameters": (
+            "Pipeline fits its steps in place; scikit-learn lists the same "
+            "expected failure for Pipeline"
+        ),
+    },
 }
 
 
