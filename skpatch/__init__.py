@@ -24,9 +24,13 @@ _LAZY_NAMES = {
     "PatchOrderer": "ordering",
     "order_patches": "ordering",
     "unorder_patches": "ordering",
+    "PatchCNNClassifier": "classifiers",
+    "class_heatmap": "inspection",
+    "blackout_scores": "inspection",
 }
 
 _SUBMODULES = ["bounds", "datasets", "embedding", "extraction", "ordering", "utils"]
+_SUBMODULES += ["classifiers", "inspection", "nn", "plotting"]
 
 __all__ = sorted(list(_LAZY_NAMES) + _SUBMODULES + ["__version__"])
 

@@ -1,0 +1,475 @@
+"""Shared base of the torch patch classifiers (PatchCNNClassifier, BagNetClassifier).
+
+How a subclass plugs in
+-----------------------
+A subclass is a plain estimator: it writes its own ``__init__`` listing *all*
+its parameters (the base parameters below plus its own, stored untouched),
+extends ``_parameter_constraints`` with ``{**BasePatchNetClassifier.
+_parameter_constraints, ...}``, and implements or overrides these hooks:
+
+``_build_module(self, n_classes, n_channels)`` (required)
+    Return a fresh ``torch.nn.Module`` mapping a normalized float batch
+    ``(B, n_channels, h, w)`` to logits ``(B, n_classes)``. It is called inside
+    ``fit`` under a seeded torch generator, so weight initialisation is
+    reproducible. The base wraps it in :class:`PatchNetModule` (per-channel
+    normalization, random crops, flips, autocast) and trains that with skorch.
+``_check_params_vs_input(self, images)`` (optional, call ``super()``)
+    Data-dependent checks on the validated ``(n, H, W, C)`` float training
+    images; write private attributes only. The base checks ``augment``.
+``_train_crop_size(self)`` (optional)
+    ``(h, w)`` of the random crop drawn per image per step, or ``None`` (the
+    default) to train on whole images.
+``_default_patch_stride(self)`` (optional)
+    Stride used by :meth:`patch_logits` when ``stride=None`` (default 1).
+``_forward_patch_logits(self, module, x, stride, pads)`` (optional)
+    Per-location class evidence of a chunk of *raw* (unnormalized, unpadded)
+    images ``x`` of shape ``(b, C, H, W)`` on the device, returned as
+    ``(b, K, gh, gw)``. ``module`` is the fitted :class:`PatchNetModule` in
+    eval mode (``module.normalize`` and ``module.core`` are available), called
+    under ``torch.no_grad``. The default slides a ``self._patch_size`` window
+    (set it in ``_check_params_vs_input``) with :func:`sliding_window_logits`,
+    feeding every patch to ``module``. A network that already outputs evidence
+    per location (BagNet) overrides this to run once per image.
+``_uses_patch_inference(self)`` (optional)
+    ``True`` (default) when ``predict_proba`` is the softmax of the mean of
+    :meth:`patch_logits`; ``False`` to feed whole images through ``module``.
+
+Parameters handled by the base (use these names in the subclass ``__init__``):
+``max_epochs, batch_size, optimizer, lr, momentum, weight_decay, lr_schedule,
+augment, train_split, device, amp, random_state, verbose, callbacks,
+image_shape``. Fitted attributes set by the base: ``classes_``, ``net_`` (the
+skorch ``NeuralNetClassifier``), ``history_``, ``device_``,
+``channel_mean_``, ``channel_std_``, ``n_features_in_``, ``image_shape_``.
+"""
+
+import copy
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from scipy.special import log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
+
+from .extraction import _grid_shape, _resolve_padding
+from .utils._device import check_device_param, resolve_device
+from .utils._validation import check_size_pair, validate_images
+
+__all__ = ["BasePatchNetClassifier", "PatchNetModule", "sliding_window_logits"]
+
+_AUGMENTATIONS = ("flip",)
+_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class PatchNetModule(torch.nn.Module):
+    """Normalization, random crops and flips around a core network.
+
+    In training mode each image of the batch gets its own uniformly random
+    ``crop_size`` window (and a horizontal flip with probability 1/2 when
+    ``flip``), drawn on the batch's device with torch's generator; in eval
+    mode the input is only normalized. Inputs are raw float images
+    ``(B, C, H, W)``; normalization uses the buffers ``mean`` and ``std``.
+
+    Parameters
+    ----------
+    core : torch.nn.Module
+        Maps normalized ``(B, C, h, w)`` to logits ``(B, K)``.
+    mean, std : array-like of shape (C,)
+        Per-channel statistics of the training images.
+    crop_size : tuple (h, w) or None, default=None
+        Random crop drawn in training mode; ``None`` keeps whole images.
+    flip : bool, default=False
+        Random horizontal flips in training mode.
+    amp : bool, default=False
+        bfloat16 autocast around ``core``; logits are returned as float32.
+    channels_last : bool, default=False
+        Feed ``core`` channels-last tensors (faster convolutions on GPUs).
+    """
+
+    def __init__(self, core, mean, std, crop_size=None, flip=False, amp=False,
+                 channels_last=False):
+        super().__init__()
+        self.core = core
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        std = torch.as_tensor(np.asarray(std, dtype=np.float32))
+        self.register_buffer("mean", mean.view(1, -1, 1, 1))
+        self.register_buffer("std", std.view(1, -1, 1, 1))
+        self.crop_size = None if crop_size is None else tuple(crop_size)
+        self.flip = bool(flip)
+        self.amp = bool(amp)
+        self.channels_last = bool(channels_last)
+
+    def normalize(self, x):
+        return (x - self.mean) / self.std
+
+    def augment(self, x):
+        if self.crop_size is not None:
+            x = random_crop(x, self.crop_size)
+        if self.flip:
+            flipped = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flipped[:, None, None, None], x.flip(3), x)
+        return x
+
+    def forward(self, x):
+        if self.training:
+            x = self.augment(x)
+        x = self.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.core(x)
+        return logits.float()
+
+
+def random_crop(x, size):
+    """One uniformly random ``size`` window per image of ``x`` (B, C, H, W), on x's device.
+
+    Vectorized with one gather: no Python loop over images.
+    """
+    n, _, height, width = x.shape
+    crop_h, crop_w = size
+    if (crop_h, crop_w) == (height, width):
+        return x
+    top = torch.randint(0, height - crop_h + 1, (n,), device=x.device)
+    left = torch.randint(0, width - crop_w + 1, (n,), device=x.device)
+    rows = top[:, None] + torch.arange(crop_h, device=x.device)
+    cols = left[:, None] + torch.arange(crop_w, device=x.device)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # (n, crop_h, crop_w, C) from the channels-last view, back to (n, C, h, w)
+    crops = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    # an explicit NCHW copy: for C == 1 .contiguous() would keep channels-last strides
+    return crops.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+
+
+def sliding_window_logits(module, x, patch_size, stride, pads, max_patches):
+    """Logits of every ``patch_size`` window of ``x``, ``(b, K, gh, gw)``.
+
+    Parameters
+    ----------
+    module : callable
+        Maps ``(m, C, ph, pw)`` raw patches to ``(m, K)`` logits.
+    x : torch.Tensor of shape (b, C, H, W)
+        Raw images on the device.
+    patch_size, stride : tuple of two int
+    pads : tuple ((top, bottom), (left, right))
+        Zero padding added to the raw images.
+    max_patches : int
+        Patches per forward pass; rows of the patch grid are processed in
+        blocks so that memory stays bounded whatever the image size.
+    """
+    (top, bottom), (left, right) = pads
+    if top or bottom or left or right:
+        x = torch.nn.functional.pad(x, (left, right, top, bottom))
+    ph, pw = patch_size
+    sh, sw = stride
+    # (b, C, gh, gw, ph, pw) view; copied block by block below
+    windows = x.unfold(2, ph, sh).unfold(3, pw, sw)
+    b, channels, gh, gw = windows.shape[:4]
+    rows_per_block = max(1, max_patches // max(1, b * gw))
+    blocks = []
+    for start in range(0, gh, rows_per_block):
+        block = windows[:, :, start : start + rows_per_block]
+        n_rows = block.shape[2]
+        patches = block.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels, ph, pw)
+        logits = module(patches)
+        blocks.append(logits.reshape(b, n_rows, gw, -1))
+    return torch.cat(blocks, dim=1).permute(0, 3, 1, 2)
+
+
+class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
+    """Base of the torch patch classifiers; see the module docstring for the hooks.
+
+    Not meant to be instantiated: it has no ``__init__`` of its own, so each
+    subclass lists its parameters explicitly as scikit-learn requires.
+    """
+
+    _parameter_constraints = {
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "augment": [tuple, list, None],
+        "train_split": [None, Interval(Real, 0, 1, closed="neither"), callable],
+        "device": [str],
+        "amp": [StrOptions({"auto"}), "boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "callbacks": [list, None],
+        "image_shape": [tuple, list, None],
+    }
+
+    # ---- hooks -----------------------------------------------------------
+    def _build_module(self, n_classes, n_channels):
+        raise NotImplementedError
+
+    def _check_params_vs_input(self, images):
+        check_device_param(self.device)
+        augment = () if self.augment is None else tuple(self.augment)
+        unknown = [a for a in augment if a not in _AUGMENTATIONS]
+        if unknown:
+            raise ValueError(
+                f"augment must hold entries of {_AUGMENTATIONS}, got {self.augment!r}."
+            )
+        self._augment = augment
+
+    def _train_crop_size(self):
+        return None
+
+    def _default_patch_stride(self):
+        return 1
+
+    def _uses_patch_inference(self):
+        return True
+
+    def _forward_patch_logits(self, module, x, stride, pads):
+        return sliding_window_logits(
+            module, x, self._patch_size, stride, pads, self._max_patches()
+        )
+
+    # ---- fitting ---------------------------------------------------------
+    def _validate_targets(self, images, y):
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        y = column_or_1d(y, warn=True)
+        check_consistent_length(images, y)
+        check_classification_targets(y)
+        classes, y_encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y has a single class ({classes[0]!r}); {type(self).__name__} "
+                "needs labels of at least 2 classes."
+            )
+        return classes, y_encoded.astype(np.int64)
+
+    def _optimizer_spec(self):
+        if isinstance(self.optimizer, type):
+            return self.optimizer, {"optimizer__weight_decay": self.weight_decay}
+        name = self.optimizer
+        if name == "sgd":
+            return torch.optim.SGD, {
+                "optimizer__momentum": self.momentum,
+                "optimizer__weight_decay": self.weight_decay,
+                "optimizer__nesterov": False,
+            }
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls, {"optimizer__weight_decay": self.weight_decay}
+
+    def _skorch_callbacks(self):
+        from skorch.callbacks import LRScheduler, ProgressBar
+
+        callbacks = []
+        if self.lr_schedule == "cosine":
+            callbacks.append(
+                (
+                    "lr_schedule",
+                    LRScheduler(
+                        policy=torch.optim.lr_scheduler.CosineAnnealingLR,
+                        T_max=self.max_epochs,
+                    ),
+                )
+            )
+        if self.verbose >= 2:
+            callbacks.append(("progress_bar", ProgressBar()))
+        for index, callback in enumerate(self.callbacks or []):
+            named = isinstance(callback, tuple)
+            callbacks.append(callback if named else (f"user_{index}", callback))
+        return copy.deepcopy(callbacks)
+
+    def _train_split(self, seed):
+        from skorch.dataset import ValidSplit
+
+        if self.train_split is None:
+            return None
+        if isinstance(self.train_split, Real):
+            return ValidSplit(self.train_split, stratified=True, random_state=seed)
+        return self.train_split
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Train the network on the images ``X`` with labels ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+            Training images (2-D rows need ``image_shape``).
+        y : array-like of shape (n,)
+            Class labels; at least two classes.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        rng = check_random_state(self.random_state)
+        images = validate_images(self, X, reset=True, dtype="float")
+        self.classes_, y_encoded = self._validate_targets(images, y)
+        self._check_params_vs_input(images)
+        self.device_ = resolve_device(self.device)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+
+        from skorch import NeuralNetClassifier
+
+        x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
+        mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+        std = x.std(axis=(0, 2, 3), dtype=np.float64)
+        # a constant channel would divide by zero; leave its scale alone
+        std[std < 1e-8] = 1.0
+        self.channel_mean_, self.channel_std_ = mean, std
+        on_cuda = self.device_.startswith("cuda")
+        amp = on_cuda if self.amp == "auto" else bool(self.amp)
+        optimizer, optimizer_kwargs = self._optimizer_spec()
+
+        cuda_devices = [torch.device(self.device_).index or 0] if on_cuda else []
+        # seeded torch generators without touching the caller's global state
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            core = self._build_module(len(self.classes_), x.shape[1])
+            if on_cuda:
+                core = core.to(memory_format=torch.channels_last)
+            module = PatchNetModule(
+                core, mean, std, crop_size=self._train_crop_size(),
+                flip="flip" in self._augment, amp=amp, channels_last=on_cuda,
+            )
+            self.net_ = NeuralNetClassifier(
+                module,
+                criterion=torch.nn.CrossEntropyLoss,
+                optimizer=optimizer,
+                lr=self.lr,
+                max_epochs=self.max_epochs,
+                batch_size=self.batch_size,
+                iterator_train__shuffle=True,
+                train_split=self._train_split(seed),
+                callbacks=self._skorch_callbacks(),
+                classes=np.arange(len(self.classes_)),
+                device=self.device_,
+                verbose=int(self.verbose > 0),
+                **optimizer_kwargs,
+            )
+            with warnings.catch_warnings():
+                # skorch warns that an instantiated module ignores module__ params
+                warnings.filterwarnings("ignore", message=".*initialized.*", module="skorch")
+                self.net_.fit(x, y_encoded)
+        self.net_.module_.eval()
+        self.history_ = self.net_.history
+        return self
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # skorch maps CUDA tensors to the CPU when no GPU is present; follow it
+        if "net_" in state:
+            self.device_ = str(self.net_.device)
+
+    # ---- inference -------------------------------------------------------
+    def _max_patches(self):
+        return max(4 * self.batch_size, 256)
+
+    def _eval_module(self):
+        module = self.net_.module_
+        module.eval()
+        return module, self.net_.device
+
+    def patch_logits(self, X, *, stride=None, padding=0):
+        """Logits of every patch position, ``(n, K, gh, gw)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+            Images of the shape seen in ``fit``.
+        stride : int or tuple (sh, sw), default=None
+            Step between patches; ``None`` uses the estimator's default
+            (``inference_stride`` for :class:`~skpatch.PatchCNNClassifier`).
+        padding : int, tuple (pad_h, pad_w) or 'same', default=0
+            Zero padding of the raw images (before normalization); ``'same'``
+            gives one patch centred on every pixel, as in class heat maps.
+
+        Returns
+        -------
+        logits : ndarray of shape (n, n_classes, gh, gw), float32
+            ``logits[i, k, r, c]`` is the class ``k`` logit of the patch whose
+            top-left corner is at ``(r * sh - pad_top, c * sw - pad_left)``.
+        """
+        check_is_fitted(self)
+        images = validate_images(self, X, reset=False, dtype="float")
+        stride = self._default_patch_stride() if stride is None else stride
+        stride = check_size_pair(stride, "stride")
+        return self._patch_logits(images, stride, padding)
+
+    def _patch_logits(self, images, stride, padding):
+        pads = _resolve_padding(padding, self._patch_size)
+        gh, gw = _grid_shape(images.shape[1:3], self._patch_size, stride, pads)
+        module, device = self._eval_module()
+        n_images = max(1, self._max_patches() // (gh * gw))
+        out = np.empty((images.shape[0], len(self.classes_), gh, gw), dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, images.shape[0], n_images):
+                chunk = images[start : start + n_images].transpose(0, 3, 1, 2)
+                x = torch.as_tensor(np.ascontiguousarray(chunk, dtype=np.float32))
+                logits = self._forward_patch_logits(module, x.to(device), stride, pads)
+                out[start : start + n_images] = logits.float().cpu().numpy()
+        return out
+
+    def _image_logits(self, images):
+        module, device = self._eval_module()
+        out = np.empty((images.shape[0], len(self.classes_)), dtype=np.float32)
+        with torch.no_grad():
+            for start in range(0, images.shape[0], self.batch_size):
+                chunk = images[start : start + self.batch_size].transpose(0, 3, 1, 2)
+                x = torch.as_tensor(np.ascontiguousarray(chunk, dtype=np.float32))
+                out[start : start + self.batch_size] = module(x.to(device)).cpu().numpy()
+        return out
+
+    def _decision_logits(self, X):
+        check_is_fitted(self)
+        images = validate_images(self, X, reset=False, dtype="float")
+        if self._uses_patch_inference():
+            stride = check_size_pair(self._default_patch_stride(), "stride")
+            logits = self._patch_logits(images, stride, 0)
+            return logits.mean(axis=(2, 3), dtype=np.float64)
+        return self._image_logits(images).astype(np.float64)
+
+    def predict_proba(self, X):
+        """Class probabilities: softmax of the mean patch logits (or image logits).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+
+        Returns
+        -------
+        proba : ndarray of shape (n, n_classes)
+        """
+        return softmax(self._decision_logits(X), axis=1)
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`, computed stably."""
+        return log_softmax(self._decision_logits(X), axis=1)
+
+    def predict(self, X):
+        """Most probable class of each image.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+
+        Returns
+        -------
+        y : ndarray of shape (n,)
+        """
+        return self.classes_[np.argmax(self._decision_logits(X), axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        tags.input_tags.three_d_array = True
+        tags.non_deterministic = self.device != "cpu" and self.device != "auto"
+        return tags
+

@@ -1,0 +1,22 @@
+"""Pure torch modules used by the skpatch classifiers.
+
+Importing this subpackage imports torch; ``import skpatch`` does not.
+"""
+
+from .bagnet import BAGNET_KERNEL3, BagNet, Bottleneck, bagnet9, bagnet17, bagnet33
+from .resnet import BasicBlock, CIFARResNet, resnet, resnet10, resnet18, resnet34
+
+__all__ = [
+    "BAGNET_KERNEL3",
+    "BagNet",
+    "BasicBlock",
+    "Bottleneck",
+    "CIFARResNet",
+    "bagnet9",
+    "bagnet17",
+    "bagnet33",
+    "resnet",
+    "resnet10",
+    "resnet18",
+    "resnet34",
+]
