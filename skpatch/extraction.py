@@ -9,10 +9,12 @@ unlike :class:`sklearn.feature_extraction.image.PatchExtractor`, keeps one row
 per image so that ``y`` stays aligned through a Pipeline.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.metaestimators import available_if
@@ -84,11 +86,49 @@ def _extract_view(images, patch_size, stride, pads):
     return windows.transpose(0, 1, 2, 4, 5, 3)
 
 
+_PARALLEL_MIN_BYTES = 32 * 2**20
+_CHUNK_BYTES = 4 * 2**20
+
+
 def _extract_flat(images, patch_size, stride, pads):
     """C-contiguous ``(n, gh * gw * ph * pw * C)`` copy in the input dtype."""
-    view = _extract_view(images, patch_size, stride, pads)
-    # copy(order="C") always copies, so the result never aliases the input
-    return view.copy(order="C").reshape(images.shape[0], -1)
+    n, height, width, channels = images.shape
+    grid_h, grid_w = _grid_shape((height, width), patch_size, stride, pads)
+    padded = np.ascontiguousarray(_pad(images, pads))
+    row = padded.strides[1]  # bytes per (padded) image row
+    item = padded.itemsize
+    # each patch row is one contiguous run of pw * C values of an image row;
+    # copying runs of that length is several times faster than the 6-D view,
+    # whose innermost run is only C values
+    runs = as_strided(
+        padded,
+        shape=(n, grid_h, grid_w, patch_size[0], patch_size[1] * channels),
+        strides=(
+            padded.strides[0],
+            row * stride[0],
+            channels * item * stride[1],
+            row,
+            item,
+        ),
+        writeable=False,
+    )
+    out = np.empty(runs.shape, dtype=images.dtype)
+    per_image = max(1, out[:1].nbytes)
+    chunk = max(1, _CHUNK_BYTES // per_image)
+    starts = range(0, n, chunk)
+
+    def copy_chunk(start):
+        np.copyto(out[start : start + chunk], runs[start : start + chunk])
+
+    n_threads = min(len(starts), os.cpu_count() or 1, 8)
+    if out.nbytes >= _PARALLEL_MIN_BYTES and n_threads > 1:
+        # numpy releases the GIL while copying: chunks of images in parallel
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(copy_chunk, starts))
+    else:
+        for start in starts:
+            copy_chunk(start)
+    return out.reshape(n, -1)
 
 
 _SIZE = [Interval(Integral, 1, None, closed="left"), tuple, list]
