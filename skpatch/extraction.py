@@ -329,7 +329,7 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         Number of patch positions vertically and horizontally.
     n_features_in_ : int
         ``H * W * C``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Only for 2-D input with string column names.
 
     See Also
