@@ -55,8 +55,11 @@ def _unit_values(values):
 
 def _bin_indices(values, n_bins):
     """Histogram bin of every pixel, in ``[0, n_bins)``."""
+    if _is_uint8(values) and n_bins <= 256:
+        # exact integer form of floor(x / 255 * n_bins); 255 * 256 fits uint16
+        bins = values.astype(np.uint16) * np.uint16(n_bins) // np.uint16(255)
+        return np.minimum(bins, n_bins - 1).astype(np.intp)
     if _is_uint8(values):
-        # exact integer form of floor(x / 255 * n_bins)
         bins = values.astype(np.int64) * n_bins // 255
     else:
         bins = np.floor(values.astype(np.float64) * n_bins)
@@ -109,14 +112,18 @@ def _bin_masks(bins, n_bins):
     words = halves[..., 0].astype(np.uint64) | (halves[..., 1].astype(np.uint64) << 32)
     words = words.astype(dtype)
     masks = words[np.arange(groups)[:, np.newaxis], flat_bins]
-    return masks.reshape(lead + (n_pixels, n_words))
+    masks = masks.reshape(lead + (n_pixels, n_words))
+    # stored pixel-major so that the per-pair sum over pixels adds whole arrays
+    stored = np.ascontiguousarray(np.moveaxis(masks, (-2, -1), (0, 1)))
+    return np.moveaxis(stored, (0, 1), (-2, -1))
 
 
 def _joint_log_sums(masks_a, masks_b, table):
     """``sum_k log2 c_k`` (fixed point, int64) of the joint histograms: ``(...)``."""
-    counts = np.bitwise_count(masks_a & masks_b)
-    counts = counts[..., 0] if counts.shape[-1] == 1 else counts.sum(-1)
-    return np.take(table, counts).sum(-1, dtype=np.int64)
+    # pixel-major masks make these temporaries pixel-major too (ufunc order 'K')
+    counts = np.bitwise_count(np.moveaxis(masks_a & masks_b, (-2, -1), (0, 1)))
+    counts = counts[:, 0] if counts.shape[1] == 1 else counts.sum(1)
+    return np.take(table, counts).sum(0, dtype=np.int64)
 
 
 def _self_log_sums(bins, n_bins, table):

@@ -197,11 +197,17 @@ def _order(images, patch_size, measure, order, reference, n_bins, border, batch_
         perm = _permutations(values, measure, order, reference, n_bins)
         permutation[batch] = perm
         ordered[batch, covered[0], covered[1]] = _assemble(
-            np.take_along_axis(patches, perm[:, :, None, None, None], axis=1),
-            grid_h,
-            grid_w,
+            _take_patches(patches, perm), grid_h, grid_w
         )
     return ordered, permutation
+
+
+def _take_patches(patches, permutation):
+    """``patches[i, permutation[i]]`` for ``(n, P, ...)`` patches, as whole-row copies."""
+    n, n_patches = permutation.shape
+    rows = permutation + (np.arange(n) * n_patches)[:, np.newaxis]
+    flat = patches.reshape((n * n_patches, -1))
+    return flat[rows.ravel()].reshape(patches.shape)
 
 
 def _assemble(patches, grid_h, grid_w):
@@ -211,6 +217,17 @@ def _assemble(patches, grid_h, grid_w):
     return grid.transpose(0, 1, 3, 2, 4, 5).reshape(
         n, grid_h * patch_h, grid_w * patch_w, channels
     )
+
+
+def _check_image_batch(images):
+    """``check_images`` for 3-D or 4-D arrays only (the functions take no image_shape)."""
+    ndim = np.ndim(images)
+    if ndim not in (3, 4):
+        raise ValueError(
+            "images must be an array of shape (n, H, W) or (n, H, W, C), got a "
+            f"{ndim}-D array of shape {np.shape(images)}."
+        )
+    return check_images(images, input_name="images")
 
 
 def _with_layout(images, ndim):
@@ -260,7 +277,7 @@ def order_patches(
     border="error",
     batch_size=None,
 ):
-    images4d = check_images(images, input_name="images")
+    images4d = _check_image_batch(images)
     ordered, permutation = _order(
         images4d,
         check_size_pair(patch_size, "patch_size"),
@@ -367,7 +384,7 @@ def unorder_patches(images, permutation, patch_size):
     >>> np.array_equal(unorder_patches(ordered, permutation, 4), images)
     True
     """
-    images4d = check_images(images, input_name="images")
+    images4d = _check_image_batch(images)
     n, height, width, channels = images4d.shape
     patch_h, patch_w = check_size_pair(patch_size, "patch_size")
     grid_h, grid_w = _grid((height, width), (patch_h, patch_w), "keep")
@@ -395,9 +412,7 @@ def unorder_patches(images, permutation, patch_size):
     inverse = np.argsort(permutation, axis=1)
     restored = images4d.copy()
     restored[:, covered[0], covered[1]] = _assemble(
-        np.take_along_axis(patches, inverse[:, :, None, None, None], axis=1),
-        grid_h,
-        grid_w,
+        _take_patches(patches, inverse), grid_h, grid_w
     )
     return _with_layout(restored, np.ndim(images))
 

@@ -13,6 +13,7 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skpatch import PatchBoundPredictor, PatchDictionaryEmbedding, PatchExtractor
+from skpatch import PatchOrderer
 
 
 class _BoundSettings:
@@ -46,6 +47,7 @@ ESTIMATORS = [
         image_shape=(1, -1), random_state=0,
     ),
     PatchBoundPredictor(),
+    PatchOrderer(patch_size=(1, 1), measure="l2", image_shape=(1, -1)),
     make_pipeline(
         FunctionTransformer(_BoundSettings(), validate=True), PatchBoundPredictor()
     ),
@@ -60,6 +62,7 @@ _BOUND_NEEDS_SETTINGS = (
 EXPECTED_FAILED = {
     "PatchExtractor": {},
     "PatchDictionaryEmbedding": {},
+    "PatchOrderer": {},
     "PatchBoundPredictor": {
         check: _BOUND_NEEDS_SETTINGS
         for check in (
