@@ -245,8 +245,8 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         classes, y_encoded = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(
-                f"y has a single class ({classes[0]!r}); {type(self).__name__} "
-                "needs labels of at least 2 classes."
+                f"y holds 1 class only ({classes.tolist()[0]!r}); "
+                f"{type(self).__name__} needs labels of at least 2 classes."
             )
         return classes, y_encoded.astype(np.int64)
 
@@ -464,7 +464,8 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         -------
         y : ndarray of shape (n,)
         """
-        return self.classes_[np.argmax(self._decision_logits(X), axis=1)]
+        logits = self._decision_logits(X)
+        return self.classes_[np.argmax(logits, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

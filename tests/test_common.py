@@ -14,6 +14,21 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skpatch import PatchBoundPredictor, PatchDictionaryEmbedding, PatchExtractor
 from skpatch import PatchOrderer
+from skpatch import PatchCNNClassifier
+
+
+class _TinyPatchNet:
+    """A one-layer patch network for the checks, built on first call (torch stays lazy)."""
+
+    def __new__(cls, n_classes, in_channels):
+        import torch
+
+        # the shared cores are oversubscribed; torch's spinning threads only slow down
+        torch.set_num_threads(1)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 8, 1), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, n_classes),
+        )
 
 
 class _BoundSettings:
@@ -48,6 +63,10 @@ ESTIMATORS = [
     ),
     PatchBoundPredictor(),
     PatchOrderer(patch_size=(1, 1), measure="l2", image_shape=(1, -1)),
+    PatchCNNClassifier(
+        patch_size=1, module=_TinyPatchNet, max_epochs=2, batch_size=32, lr=0.05,
+        device="cpu", verbose=0, random_state=0, image_shape=(1, -1),
+    ),
     make_pipeline(
         FunctionTransformer(_BoundSettings(), validate=True), PatchBoundPredictor()
     ),
@@ -62,6 +81,14 @@ _BOUND_NEEDS_SETTINGS = (
 EXPECTED_FAILED = {
     "PatchExtractor": {},
     "PatchDictionaryEmbedding": {},
+    "PatchCNNClassifier": {
+        "check_classifiers_train": (
+            "a patch classifier averages the same network over every pixel, so "
+            "with image_shape=(1, -1) rows it is blind to which column a value "
+            "sits in and cannot draw the tabular decision boundaries this check "
+            "scores (it needs > 83% training accuracy on blobs)"
+        ),
+    },
     "PatchOrderer": {},
     "PatchBoundPredictor": {
         check: _BOUND_NEEDS_SETTINGS
