@@ -5,4 +5,7 @@ never calls ``plt.show()``. Each topic lives in a private module; the public
 names are re-exported here.
 """
 
+from ._inspection import plot_blackout, plot_heatmap
+
 __all__ = []
+__all__ += ["plot_blackout", "plot_heatmap"]
