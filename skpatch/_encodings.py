@@ -11,6 +11,7 @@ import torch
 
 __all__ = [
     "pool_regions",
+    "pool_matrix",
     "encode_hard",
     "encode_triangle",
     "encode_full",
@@ -43,117 +44,95 @@ def pool_regions(grid_shape, pooling):
     return region, counts
 
 
-def _slot_index(indices, n_images, n_positions, region, n_regions, n_atoms):
-    """Flat ``(image, region, atom)`` slot of every (patch, neighbour) pair."""
-    device = indices.device
-    image = torch.arange(n_images, device=device).repeat_interleave(n_positions)
-    patch_region = region.repeat(n_images)
-    base = (image * n_regions + patch_region) * n_atoms
-    return (base[:, None] + indices).reshape(-1)
+def pool_matrix(region, counts):
+    """``(R, P)`` matrix averaging the positions of each region.
+
+    Parameters
+    ----------
+    region : torch.Tensor of shape (P,), int64
+    counts : torch.Tensor of shape (R,), float32
+
+    Returns
+    -------
+    pool : torch.Tensor of shape (R, P), float32
+    """
+    n_positions = region.shape[0]
+    pool = torch.zeros(counts.shape[0], n_positions, device=counts.device)
+    pool[region, torch.arange(n_positions, device=counts.device)] = 1.0
+    return pool / counts[:, None]
 
 
-def encode_hard(indices, n_images, region, counts, n_atoms):
+def encode_hard(mask, n_images, pool):
     """Mean-pooled Phi_hard: the fraction of a region's patches having each atom among their k nearest.
 
     Parameters
     ----------
-    indices : torch.Tensor of shape (n_images * P, k), int64
-        Nearest atoms of every patch, image-major then row-major positions.
+    mask : torch.Tensor of shape (n_images * P, Q)
+        1 for the k nearest atoms of each patch, else 0 (image-major rows,
+        row-major positions).
     n_images : int
-    region : torch.Tensor of shape (P,), int64
-    counts : torch.Tensor of shape (R,), float32
-    n_atoms : int
+    pool : torch.Tensor of shape (R, P)
+        From :func:`pool_matrix`.
 
     Returns
     -------
-    pooled : torch.Tensor of shape (n_images, R, n_atoms), float32
+    pooled : torch.Tensor of shape (n_images, R, Q), float32
     """
-    n_regions = counts.shape[0]
-    n_positions = region.shape[0]
-    slots = _slot_index(indices, n_images, n_positions, region, n_regions, n_atoms)
-    # integer counts: exact and independent of summation order
-    pooled = torch.bincount(slots, minlength=n_images * n_regions * n_atoms)
-    pooled = pooled.to(torch.float32).reshape(n_images, n_regions, n_atoms)
-    return pooled / counts[None, :, None]
+    n_regions, n_positions = pool.shape
+    return torch.matmul(pool, mask.reshape(n_images, n_positions, -1))
 
 
-def triangle_values(sq_distances):
-    """Coates et al.'s triangle activation ``max(0, mean_j d_j - d_k)`` over the given atoms.
+def triangle_values(sq_distances, mask, k):
+    """Coates et al.'s triangle ``max(0, mean_j d_j - d_a)`` over each row's k selected atoms.
 
     Parameters
     ----------
-    sq_distances : torch.Tensor of shape (m, k)
-        Squared distances of each patch to its k nearest atoms (or to all).
+    sq_distances : torch.Tensor of shape (m, Q)
+        Squared distances of each patch to every atom (only the selected
+        entries are read).
+    mask : torch.Tensor of shape (m, Q)
+        1 on the k nearest atoms.
+    k : int
 
     Returns
     -------
-    values : torch.Tensor of shape (m, k)
+    values : torch.Tensor of shape (m, Q)
+        0 outside the selected atoms.
     """
     distances = sq_distances.clamp_min(0.0).sqrt_()
-    mean = distances.mean(dim=1, keepdim=True)
-    return (mean - distances).clamp_min_(0.0)
+    distances.mul_(mask)
+    mean = distances.sum(dim=1, keepdim=True) / k
+    return (mean - distances).clamp_min_(0.0).mul_(mask)
 
 
-def encode_triangle(sq_distances, indices, n_images, region, counts, n_atoms):
-    """Mean-pooled triangle encoding over the k nearest atoms (all atoms when ``indices`` is None).
-
-    Parameters
-    ----------
-    sq_distances : torch.Tensor of shape (n_images * P, k)
-        Squared distances to the atoms listed in ``indices`` (or to every atom).
-    indices : torch.Tensor of shape (n_images * P, k) or None
-        Atom of each column; None means column j is atom j (``k = n_atoms``).
-    n_images : int
-    region : torch.Tensor of shape (P,), int64
-    counts : torch.Tensor of shape (R,), float32
-    n_atoms : int
+def encode_triangle(sq_distances, mask, k, n_images, pool):
+    """Mean-pooled triangle encoding over the k nearest atoms (see :func:`triangle_values`).
 
     Returns
     -------
-    pooled : torch.Tensor of shape (n_images, R, n_atoms), float32
+    pooled : torch.Tensor of shape (n_images, R, Q), float32
     """
-    values = triangle_values(sq_distances)
-    n_regions = counts.shape[0]
-    n_positions = region.shape[0]
-    if indices is None:
-        # dense case: pool with a (R, P) averaging matrix, one GEMM per image
-        pool = torch.zeros(n_regions, n_positions, device=values.device)
-        pool[region, torch.arange(n_positions, device=values.device)] = 1.0
-        pool /= counts[:, None]
-        return torch.matmul(pool, values.reshape(n_images, n_positions, n_atoms))
-    slots = _slot_index(indices, n_images, n_positions, region, n_regions, n_atoms)
-    pooled = torch.zeros(n_images * n_regions * n_atoms, device=values.device)
-    pooled.index_add_(0, slots, values.reshape(-1))
-    pooled = pooled.reshape(n_images, n_regions, n_atoms)
-    return pooled / counts[None, :, None]
+    return encode_hard(triangle_values(sq_distances, mask, k), n_images, pool)
 
 
-def encode_full(reduced, indices, n_images, region, counts, n_atoms):
+def encode_full(reduced, mask, n_images, pool):
     """Mean-pooled Phi_full: each patch's reduced vector added to the slots of its k nearest atoms.
 
     Parameters
     ----------
     reduced : torch.Tensor of shape (n_images * P, r)
         The patch in the reduced (leading whitened components) space.
-    indices : torch.Tensor of shape (n_images * P, k), int64
+    mask : torch.Tensor of shape (n_images * P, Q)
     n_images : int
-    region : torch.Tensor of shape (P,), int64
-    counts : torch.Tensor of shape (R,), float32
-    n_atoms : int
+    pool : torch.Tensor of shape (R, P)
 
     Returns
     -------
-    pooled : torch.Tensor of shape (n_images, R, n_atoms, r), float32
+    pooled : torch.Tensor of shape (n_images, R, Q, r), float32
     """
-    n_regions = counts.shape[0]
-    n_positions = region.shape[0]
-    k = indices.shape[1]
+    n_regions, n_positions = pool.shape
     n_components = reduced.shape[1]
-    slots = _slot_index(indices, n_images, n_positions, region, n_regions, n_atoms)
-    source = reduced[:, None, :].expand(-1, k, -1).reshape(-1, n_components)
-    pooled = torch.zeros(
-        n_images * n_regions * n_atoms, n_components, device=reduced.device
-    )
-    pooled.index_add_(0, slots, source)
-    pooled = pooled.reshape(n_images, n_regions, n_atoms, n_components)
-    return pooled / counts[None, :, None, None]
+    # (b, R, P, r): each region's averaging weights times the patch vectors
+    weighted = pool[None, :, :, None] * reduced.reshape(n_images, 1, n_positions, n_components)
+    selected = mask.reshape(n_images, n_positions, -1).transpose(1, 2)[:, None]
+    return torch.matmul(selected, weighted)

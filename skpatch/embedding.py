@@ -408,11 +408,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             return int(self.batch_size)
         n_positions = self.patch_grid_shape_[0] * self.patch_grid_shape_[1]
         per_atom = self.n_full_components if self.encoding == "full" else 1
-        # scores + selection + slot indices + codes, float32/int64 per patch
-        row_bytes = n_positions * (
-            4 * 3 * self.atoms_.shape[0]
-            + 16 * self.n_neighbors_ * (2 + per_atom)
-        )
+        # products, scores, bool + float masks and distances, per patch
+        row_bytes = n_positions * self.atoms_.shape[0] * (4 * 5 + per_atom * 4)
         return get_chunk_n_rows(row_bytes=row_bytes, max_n_rows=n_images)
 
     def _transform(self, images):
@@ -433,6 +430,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             "projection": torch.as_tensor(self._full_projection, device=device),
         }
         state["atom_sq_norms"] = (state["atoms"] ** 2).sum(dim=1)
+        state["pool"] = _encodings.pool_matrix(state["region"], state["counts"])
         start = time.perf_counter()
         with torch.inference_mode():
             for done, batch in enumerate(gen_batches(n_images, self._chunk_size(n_images))):
@@ -458,35 +456,35 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         n_images, n_atoms, k = images.shape[0], self.atoms_.shape[0], self.n_neighbors_
         signs = (1.0, -1.0) if self.both_signs else (1.0,)
         backend = self._knn_backend(device)
-        dense = self.encoding == "triangle" and k == n_atoms
+        pool = state["pool"]
 
-        if backend == "gemm" or dense:
+        if backend == "gemm":
             products = whitened @ state["atoms"].T
             sq_norms = (whitened**2).sum(dim=1, keepdim=True)
         codes = []
         for sign in signs:
-            if dense:
-                # every atom is a neighbour: no selection step at all
-                sq_dist = sq_norms - 2.0 * sign * products + state["atom_sq_norms"]
-                indices = None
-            elif backend == "gemm":
+            if backend == "gemm":
+                # 2 s q.a - |a|^2 ranks atoms by distance to s q; one GEMM serves both signs
                 scores = (2.0 * sign) * products - state["atom_sq_norms"]
-                values, indices = _faiss.gemm_topk(scores, k)
-                del scores
-                sq_dist = sq_norms - values
+                mask = _faiss.select_mask(scores, k)
+                if self.encoding == "triangle":
+                    scores.neg_().add_(sq_norms)  # in place: now |s q - a|^2
+                sq_dist = scores
             else:
                 queries = (sign * whitened).cpu().numpy()
                 dist, idx = _faiss.index_search(self._get_index(), queries, k)
-                sq_dist = torch.from_numpy(dist).to(device)
                 indices = torch.from_numpy(idx).to(device)
-            args = (n_images, state["region"], state["counts"], n_atoms)
+                mask = _faiss.indices_to_mask(indices, n_atoms)
+                sq_dist = torch.zeros_like(mask).scatter_(
+                    1, indices, torch.from_numpy(dist).to(device)
+                )
             if self.encoding == "hard":
-                codes.append(_encodings.encode_hard(indices, *args))
+                codes.append(_encodings.encode_hard(mask, n_images, pool))
             elif self.encoding == "triangle":
-                codes.append(_encodings.encode_triangle(sq_dist, indices, *args))
+                codes.append(_encodings.encode_triangle(sq_dist, mask, k, n_images, pool))
             else:
                 reduced = (sign * whitened) @ state["projection"]
-                codes.append(_encodings.encode_full(reduced, indices, *args))
+                codes.append(_encodings.encode_full(reduced, mask, n_images, pool))
         return torch.stack(codes, dim=1)
 
     def _knn_backend(self, device):

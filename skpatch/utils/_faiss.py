@@ -16,7 +16,8 @@ __all__ = [
     "serialize_index",
     "deserialize_index",
     "gemm_scores",
-    "gemm_topk",
+    "select_mask",
+    "indices_to_mask",
 ]
 
 
@@ -125,9 +126,47 @@ def gemm_scores(queries, atoms, atom_sq_norms):
     return scores
 
 
-def gemm_topk(scores, k):
-    """Unsorted indices (and scores) of the ``k`` largest scores of each row."""
+def select_mask(scores, k):
+    """0/1 float mask with exactly ``k`` ones per row, on the ``k`` largest scores.
+
+    On CPU the ``k``-th largest score of every row comes from
+    :func:`numpy.partition` (introselect, about 6x faster than ``torch.topk``
+    at ``k = 256`` of 1024); rows where ties put more than ``k`` scores at
+    that value are redone with :func:`numpy.argpartition`. On CUDA,
+    ``torch.topk`` and a scatter.
+
+    Parameters
+    ----------
+    scores : torch.Tensor of shape (m, q)
+    k : int
+
+    Returns
+    -------
+    mask : torch.Tensor of shape (m, q), float32, on the device of ``scores``
+    """
     import torch
 
-    values, indices = torch.topk(scores, int(k), dim=1, largest=True, sorted=False)
-    return values, indices
+    n_cols = scores.shape[1]
+    k = int(k)
+    if k == n_cols:
+        return torch.ones_like(scores)
+    if scores.device.type != "cpu":
+        indices = torch.topk(scores, k, dim=1, sorted=False).indices
+        return torch.zeros_like(scores).scatter_(1, indices, 1.0)
+    values = scores.numpy()
+    threshold = np.partition(values, n_cols - k, axis=1)[:, n_cols - k, None]
+    mask = values >= threshold
+    tied = np.flatnonzero(mask.sum(axis=1) != k)
+    if tied.size:
+        top = np.argpartition(values[tied], n_cols - k, axis=1)[:, n_cols - k :]
+        mask[tied] = False
+        mask[tied[:, None], top] = True
+    return torch.from_numpy(mask.astype(np.float32))
+
+
+def indices_to_mask(indices, n_cols):
+    """0/1 float mask ``(m, n_cols)`` with ones at ``indices`` ``(m, k)``."""
+    import torch
+
+    mask = torch.zeros(indices.shape[0], n_cols, device=indices.device)
+    return mask.scatter_(1, indices, 1.0)

@@ -1,0 +1,346 @@
+import pickle
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
+
+from skpatch import PatchDictionaryEmbedding
+from skpatch.utils import _faiss
+
+
+def _images(n=12, size=7, channels=3, seed=0):
+    """Smooth-ish random colour images: correlated pixels, like real patches."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((n, size + 1, size + 1, channels))
+    images = (base[:, 1:, 1:] + base[:, :-1, :-1] + 0.3 * base[:, 1:, :-1]) / 2.3
+    return images.astype(np.float64)
+
+
+def _patches_loop(images, p):
+    """Every p x p patch, image-major then row-major, by plain loops (reference)."""
+    n, height, width, channels = images.shape
+    rows = []
+    for k in range(n):
+        for i in range(height - p + 1):
+            for j in range(width - p + 1):
+                rows.append(images[k, i : i + p, j : j + p, :].ravel())
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _per_position(emb, X):
+    """Codes reshaped to (n, n_signs, gh * gw, Q[, r]) when pooling equals the grid."""
+    codes = emb.transform(X)
+    n_signs = 2 if emb.both_signs else 1
+    shape = (X.shape[0], n_signs, emb.pooling**2, emb.atoms_.shape[0])
+    if emb.encoding == "full":
+        shape += (emb.n_full_components,)
+    return codes.reshape(shape)
+
+
+def _brute_neighbours(emb, X, sign=1.0):
+    """k nearest atoms of every whitened patch, by float64 distances to all atoms."""
+    rows = _patches_loop(np.asarray(X, dtype=np.float64), emb.patch_size)
+    whitened = (rows - emb.mean_) @ emb.whitening_.astype(np.float64) * sign
+    atoms = emb.atoms_.astype(np.float64)
+    sq_dist = ((whitened[:, None, :] - atoms[None, :, :]) ** 2).sum(axis=2)
+    order = np.argsort(sq_dist, axis=1, kind="stable")
+    return whitened, sq_dist, order[:, : emb.n_neighbors_]
+
+
+@pytest.mark.parametrize("whiten", ["zca", "pca"])
+def test_whitening_makes_covariance_identity(whiten):
+    X = _images(n=30)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=8, n_neighbors=2, whiten=whiten, whiten_reg=1e-9,
+        n_patches_fit=10**6, random_state=0,
+    ).fit(X)
+    rows = _patches_loop(X, 3)
+    assert_allclose(emb.mean_, rows.mean(axis=0), atol=1e-6)
+    whitened = (rows - rows.mean(axis=0)) @ emb.whitening_.astype(np.float64)
+    cov = np.cov(whitened, rowvar=False, bias=True)
+    assert_allclose(cov, np.eye(27), atol=2e-4)
+    if whiten == "zca":
+        # ZCA is the symmetric whitening matrix, the inverse square root of the covariance
+        assert_allclose(emb.whitening_, emb.whitening_.T, atol=1e-4)
+
+
+def test_whitening_regularization_matches_formula():
+    X = _images(n=30)
+    reg = 1e-2
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=8, n_neighbors=2, whiten_reg=reg, n_patches_fit=10**6,
+        random_state=0,
+    ).fit(X)
+    rows = _patches_loop(X, 3)
+    cov = np.cov(rows, rowvar=False, bias=True)
+    eigenvalues = np.linalg.eigvalsh(cov)[::-1]
+    assert_allclose(emb.explained_variance_, eigenvalues, rtol=1e-6, atol=1e-10)
+    whitened = (rows - rows.mean(axis=0)) @ emb.whitening_.astype(np.float64)
+    # whitened covariance has eigenvalues lambda / (lambda + reg)
+    got = np.sort(np.linalg.eigvalsh(np.cov(whitened, rowvar=False, bias=True)))[::-1]
+    assert_allclose(got, eigenvalues / (eigenvalues + reg), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "gemm"])
+@pytest.mark.parametrize("dictionary", ["kmeans", "data", "gaussian"])
+def test_hard_codes_are_the_brute_force_neighbours(backend, dictionary):
+    X = _images(n=6, size=6)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=20, n_neighbors=5, dictionary=dictionary, pooling=4,
+        both_signs=True, knn_backend=backend, random_state=0,
+    ).fit(X)
+    codes = _per_position(emb, X)  # pooling 4 on a 4x4 grid: one position per region
+    for s, sign in enumerate([1.0, -1.0]):
+        got = codes[:, s].reshape(-1, 20)
+        assert set(np.unique(got)) == {0.0, 1.0}
+        assert_array_equal(got.sum(axis=1), np.full(got.shape[0], 5.0))
+        _, _, nearest = _brute_neighbours(emb, X, sign)
+        expected = np.zeros_like(got)
+        np.put_along_axis(expected, nearest, 1.0, axis=1)
+        assert_array_equal(got, expected)
+
+
+def test_data_dictionary_atoms_are_whitened_patches():
+    X = _images(n=5, size=6)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=10, n_neighbors=2, dictionary="data", random_state=1
+    ).fit(X)
+    rows = _patches_loop(X, 3)
+    whitened = (rows - emb.mean_) @ emb.whitening_.astype(np.float64)
+    dist = ((emb.atoms_[:, None, :] - whitened[None]) ** 2).sum(axis=2)
+    assert_allclose(dist.min(axis=1), 0.0, atol=1e-8)
+    assert len(set(dist.argmin(axis=1))) == 10  # drawn without replacement
+
+
+def test_kmeans_atoms_are_near_cluster_means():
+    X = _images(n=20, size=6)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=6, n_neighbors=2, random_state=0, n_patches_fit=10**6
+    ).fit(X)
+    rows = _patches_loop(X, 3)
+    whitened = (rows - emb.mean_) @ emb.whitening_.astype(np.float64)
+    labels = ((whitened[:, None] - emb.atoms_[None]) ** 2).sum(axis=2).argmin(axis=1)
+    means = np.stack([whitened[labels == a].mean(axis=0) for a in range(6)])
+    # after 25 Lloyd iterations the centroids are (close to) a fixed point
+    assert np.abs(means - emb.atoms_).max() < 0.05 * np.abs(emb.atoms_).max()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "gemm"])
+@pytest.mark.parametrize("n_neighbors", [4, 1.0])
+def test_triangle_equals_formula(backend, n_neighbors):
+    X = _images(n=5, size=6)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=12, n_neighbors=n_neighbors, encoding="triangle",
+        pooling=4, knn_backend=backend, random_state=0,
+    ).fit(X)
+    got = _per_position(emb, X)[:, 0].reshape(-1, 12)
+    _, sq_dist, nearest = _brute_neighbours(emb, X)
+    dist = np.sqrt(sq_dist)
+    expected = np.zeros_like(dist)
+    for row in range(dist.shape[0]):
+        near = nearest[row]
+        mean = dist[row, near].mean()
+        expected[row, near] = np.maximum(0.0, mean - dist[row, near])
+    # float32 |q|^2 - 2 q.a + |a|^2 loses ~1e-4 relative on distances of order 10
+    assert_allclose(got, expected, rtol=1e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "gemm"])
+def test_full_scatters_leading_components(backend):
+    X = _images(n=4, size=5)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=10, n_neighbors=3, encoding="full", whiten="pca",
+        n_full_components=4, pooling=3, both_signs=True, knn_backend=backend,
+        random_state=0,
+    ).fit(X)
+    codes = _per_position(emb, X)
+    for s, sign in enumerate([1.0, -1.0]):
+        whitened, _, nearest = _brute_neighbours(emb, X, sign)
+        expected = np.zeros((whitened.shape[0], 10, 4))
+        for row in range(whitened.shape[0]):
+            expected[row, nearest[row]] = whitened[row, :4]
+        assert_allclose(codes[:, s].reshape(-1, 10, 4), expected, atol=1e-5)
+
+
+def test_pooling_averages_regions():
+    X = _images(n=3, size=7)  # 3x3 patches: 5x5 grid, regions of rows {0,1,2},{3,4}
+    params = dict(patch_size=3, n_atoms=8, n_neighbors=3, random_state=0)
+    fine = PatchDictionaryEmbedding(pooling=5, **params).fit(X)
+    coarse = PatchDictionaryEmbedding(pooling=2, **params).fit(X)
+    per_position = _per_position(fine, X)[:, 0].reshape(3, 5, 5, 8)
+    blocks = [(slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 5)),
+              (slice(3, 5), slice(0, 3)), (slice(3, 5), slice(3, 5))]
+    expected = np.stack([per_position[:, r, c].mean(axis=(1, 2)) for r, c in blocks], 1)
+    assert_allclose(coarse.transform(X).reshape(3, 4, 8), expected, rtol=1e-6)
+    glob = PatchDictionaryEmbedding(pooling=1, **params).fit(X).transform(X)
+    assert_allclose(glob, per_position.mean(axis=(1, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["hard", "full", "triangle"])
+@pytest.mark.parametrize("backend", ["faiss", "gemm"])
+def test_transform_identical_whatever_the_chunk_size(encoding, backend):
+    X = _images(n=9, size=7)
+    base = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=16, n_neighbors=5, encoding=encoding, both_signs=True,
+        knn_backend=backend, random_state=0, batch_size="auto",
+    ).fit(X)
+    reference = base.transform(X)
+    assert reference.dtype == np.float32
+    for batch_size in (1, 2, 4):
+        other = clone(base).set_params(batch_size=batch_size).fit(X)
+        assert_array_equal(other.transform(X), reference)
+
+
+def test_backends_agree():
+    X = _images(n=8, size=7)
+    params = dict(patch_size=3, n_atoms=32, n_neighbors=8, random_state=0)
+    a = PatchDictionaryEmbedding(knn_backend="faiss", **params).fit(X).transform(X)
+    b = PatchDictionaryEmbedding(knn_backend="gemm", **params).fit(X).transform(X)
+    assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dictionary", ["kmeans", "data", "gaussian"])
+def test_deterministic_for_a_seed(dictionary):
+    X = _images(n=8, size=7)
+    params = dict(patch_size=3, n_atoms=10, n_neighbors=3, dictionary=dictionary,
+                  n_patches_fit=100)
+    a = PatchDictionaryEmbedding(random_state=3, **params).fit(X)
+    b = PatchDictionaryEmbedding(random_state=3, **params).fit(X)
+    c = PatchDictionaryEmbedding(random_state=4, **params).fit(X)
+    assert_array_equal(a.atoms_, b.atoms_)
+    assert_array_equal(a.transform(X), b.transform(X))
+    assert not np.array_equal(a.atoms_, c.atoms_)
+
+
+def test_uint8_is_scaled_like_floats():
+    X = (_images(n=6) * 255).astype(np.uint8)
+    params = dict(patch_size=3, n_atoms=10, n_neighbors=3, random_state=0)
+    a = PatchDictionaryEmbedding(**params).fit_transform(X)
+    b = PatchDictionaryEmbedding(**params).fit_transform(X.astype(np.float32) / 255)
+    assert_allclose(a, b, atol=1e-6)
+
+
+def test_patch_normalize_removes_brightness_and_contrast():
+    X = _images(n=6)
+    params = dict(patch_size=3, n_atoms=10, n_neighbors=3, patch_normalize=True,
+                  random_state=0)
+    emb = PatchDictionaryEmbedding(**params).fit(X)
+    # contrast-normalized patches of 0.5 + 3 x are those of x up to the small regularizer
+    shifted = PatchDictionaryEmbedding(**params).fit(0.5 + 20 * X)
+    assert_allclose(emb.mean_, shifted.mean_, atol=2e-2)
+    assert_array_equal(emb.transform(X), emb.transform(X))
+
+
+def test_pickle_round_trip_rebuilds_the_index():
+    X = _images(n=6)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=10, n_neighbors=3, knn_backend="faiss", random_state=0
+    ).fit(X)
+    expected = emb.transform(X)
+    data = pickle.dumps(emb)
+    loaded = pickle.loads(data)
+    assert not hasattr(loaded, "index_")
+    assert_array_equal(loaded.transform(X), expected)
+    assert loaded.index_.ntotal == 10
+
+
+def test_index_serialization_round_trip():
+    atoms = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    index = _faiss.build_index(atoms)
+    restored = _faiss.deserialize_index(_faiss.serialize_index(index))
+    queries = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)
+    assert_array_equal(index.search(queries, 3)[1], restored.search(queries, 3)[1])
+
+
+def test_select_mask_breaks_ties_to_exactly_k():
+    import torch
+
+    scores = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    mask = _faiss.select_mask(scores, 2).numpy()
+    assert_array_equal(mask.sum(axis=1), [2, 2])
+    assert mask[0, [1, 2, 3]].sum() == 2 and mask[0, [0, 4]].sum() == 0
+    assert_array_equal(mask[1], [1, 1, 0, 0, 0])
+
+
+def test_feature_names_and_count():
+    X = _images(n=5)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=6, n_neighbors=2, both_signs=True, pooling=2,
+        random_state=0,
+    ).fit(X)
+    names = emb.get_feature_names_out()
+    assert len(names) == emb.n_features_out_ == 2 * 4 * 6 == emb.transform(X).shape[1]
+    assert names[0] == "patchdictionaryembedding_pos_r0_0_a0"
+    assert names[-1] == "patchdictionaryembedding_neg_r1_1_a5"
+
+
+def test_verbose_reports_progress(capsys):
+    X = _images(n=4)
+    PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=6, n_neighbors=2, verbose=1, batch_size=2, random_state=0
+    ).fit_transform(X)
+    err = capsys.readouterr().err
+    assert "encoded 2/4 images" in err and "encoded 4/4 images" in err
+
+
+def test_beats_raw_pixels_on_digits():
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    digits = load_digits()
+    X_train, X_test, y_train, y_test = train_test_split(
+        digits.images, digits.target, test_size=0.5, random_state=0
+    )
+    raw = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=500))
+    raw_acc = raw.fit(X_train.reshape(len(X_train), -1), y_train).score(
+        X_test.reshape(len(X_test), -1), y_test
+    )
+    model = make_pipeline(
+        PatchDictionaryEmbedding(patch_size=3, n_atoms=64, n_neighbors=16, pooling=2,
+                                 both_signs=True, random_state=0),
+        StandardScaler(),
+        LogisticRegression(C=0.01, max_iter=500),
+    )
+    acc = model.fit(X_train, y_train).score(X_test, y_test)
+    assert acc > raw_acc + 0.01, (acc, raw_acc)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(n_atoms=500), "n_atoms=500 is larger than the"),
+        (dict(n_atoms=10, n_neighbors=10), "k <= 9"),
+        (dict(n_atoms=10, n_neighbors=11, encoding="triangle"), "k <= 10"),
+        (dict(patch_size=8), "patch_size=.8, 8. is larger than the images"),
+        (dict(pooling=6), "pooling must be <= 5"),
+        (dict(encoding="full", n_full_components=30), "n_full_components=30 exceeds"),
+        (dict(device="gpu"), "device must be"),
+        (dict(n_neighbors=1.5), "n_neighbors"),
+        (dict(dictionary="random"), "dictionary"),
+    ],
+)
+def test_bad_parameters(params, match):
+    X = _images(n=2)  # 7x7 images, 3x3 patches: 2 * 25 = 50 patches
+    settings = dict(patch_size=3, n_atoms=10, n_neighbors=2, random_state=0)
+    settings.update(params)
+    with pytest.raises(ValueError, match=match):
+        PatchDictionaryEmbedding(**settings).fit(X)
+
+
+def test_transform_rejects_images_of_another_shape():
+    emb = PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2).fit(_images(n=3))
+    with pytest.raises(ValueError, match="shape"):
+        emb.transform(_images(n=3, size=8))
+    with pytest.raises(ValueError, match="features"):
+        emb.transform(np.zeros((2, 10)))
+
+
+def test_unfitted_transform_raises():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        PatchDictionaryEmbedding().transform(_images(n=2))
