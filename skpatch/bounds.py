@@ -9,10 +9,12 @@ errors. Neither torch nor faiss is imported here.
 """
 
 import numbers
+import warnings
 
 import numpy as np
 from scipy.optimize import minimize_scalar, nnls
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import (
     _check_sample_weight,
@@ -35,6 +37,8 @@ FEATURE_NAMES = (
 _CONSTANTS = ("alpha", "c4", "c6")
 # bound evaluations held at once by the min-over-smaller grid (bounded memory)
 _GRID_CHUNK_ELEMENTS = 1 << 20
+# range searched for alpha when it is calibrated
+_ALPHA_RANGE = (1e-2, 1e2)
 
 
 def _as_pair(value, name):
@@ -561,16 +565,23 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
     @staticmethod
     def _fit_alpha(solve):
         """Grid over log(alpha), then a bounded search around the best point."""
-        log_grid = np.linspace(np.log(1e-2), np.log(1e2), 41)
+        log_grid = np.linspace(*np.log(_ALPHA_RANGE), 41)
         losses = np.array([solve(np.exp(v))[0] for v in log_grid])
         best = int(np.argmin(losses))
         low = log_grid[max(best - 1, 0)]
         high = log_grid[min(best + 1, log_grid.size - 1)]
         result = minimize_scalar(lambda v: solve(np.exp(v))[0], bounds=(low, high),
                                  method="bounded", options={"xatol": 1e-10})
-        if result.fun <= losses[best]:
-            return float(np.exp(result.x))
-        return float(np.exp(log_grid[best]))
+        alpha = float(np.exp(result.x if result.fun <= losses[best] else log_grid[best]))
+        if best in (0, log_grid.size - 1):
+            warnings.warn(
+                f"alpha_={alpha:.3g} lies at the edge of the searched range "
+                f"[{_ALPHA_RANGE[0]}, {_ALPHA_RANGE[1]}]: the observed errors do "
+                "not pin alpha down; consider keeping it fixed (leave 'alpha' "
+                "out of calibrate).",
+                ConvergenceWarning,
+            )
+        return alpha
 
     def predict(self, X):
         """Return the bound for each setting with the fitted constants.
