@@ -201,9 +201,7 @@ default='sgd'
                 f"{height}x{width} (H x W); patch_size must be at most that."
             )
         self._patch_size = patch_size
-        self._inference_stride = check_size_pair(
-            self.inference_stride, "inference_stride"
-        )
+        check_size_pair(self.inference_stride, "inference_stride")
 
     def _build_module(self, n_classes, n_channels):
         from .nn import resnet
@@ -226,7 +224,8 @@ default='sgd'
         return self._patch_size
 
     def _default_patch_stride(self):
-        return self._inference_stride
+        # read live: inference settings may change after fit without retraining
+        return check_size_pair(self.inference_stride, "inference_stride")
 
     def _uses_patch_inference(self):
         return self.inference == "patches"
