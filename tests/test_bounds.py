@@ -392,7 +392,9 @@ def test_published_results_as_frame():
 
 def test_plot_bound_curves_draws_equation_13():
     pytest.importorskip("matplotlib")
-    axes = plot_bound_curves_default()
+    from skpatch.plotting import plot_bound_curves
+
+    axes = plot_bound_curves()
     assert [ax.get_title() for ax in axes] == [
         "varying K", "varying S", "varying H = W", "varying N"]
     line = axes[0].lines[0]  # K = 10 around the ImageNet base
@@ -400,12 +402,6 @@ def test_plot_bound_curves_draws_equation_13():
     assert t[0] == 3 and t[-1] == 256
     want = [reference_bound(1_200_000, 10, 256, 256, 3, s, s, 4, 4) for s in t[::50]]
     assert_allclose(line.get_ydata()[::50], want, rtol=1e-12)
-
-
-def plot_bound_curves_default():
-    from skpatch.plotting import plot_bound_curves
-
-    return plot_bound_curves()
 
 
 def test_plot_bound_vs_observed_draws_observed_and_bound():
@@ -430,3 +426,52 @@ def test_import_does_not_load_torch_or_faiss():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------- plotting
+def test_plot_bound_curves_draws_the_bound():
+    pytest.importorskip("matplotlib")
+    from skpatch.plotting import plot_bound_curves
+
+    axes = plot_bound_curves(vary={"n_classes": [10, 1000], "stride": [1, 8]})
+    assert len(axes) == 2 and [len(ax.lines) for ax in axes] == [2, 2]
+    # K = 10 around the ImageNet base: 256 x 256, N = 1.2M, S = 4, no minimum
+    x, y = axes[0].lines[0].get_data()
+    np.testing.assert_array_equal(x, np.arange(3, 257))
+    for t in (3, 64, 200):
+        want = _reference_bound(1_200_000, 10, 256, 256, 3, t, t, 4, 4)
+        assert y[t - 3] == pytest.approx(want, rel=1e-12)
+    x, y = axes[1].lines[1].get_data()
+    assert y[29] == pytest.approx(_reference_bound(1_200_000, 1000, 256, 256, 3, 32, 32, 8, 8),
+                                  rel=1e-12)
+    with pytest.raises(ValueError, match="vary keys"):
+        plot_bound_curves(vary={"classes": [10]})
+
+
+def test_plot_bound_vs_observed_draws_table_and_bound():
+    pytest.importorskip("matplotlib")
+    from skpatch.plotting import plot_bound_vs_observed
+
+    X, y = _table_settings()
+    calibrated = PatchBoundPredictor().fit(X, y)
+    axes = plot_bound_vs_observed(predictors={"paper": PatchBoundPredictor(
+        calibrate=()).fit(X, y), "calibrated": calibrated})
+    assert [ax.get_title() for ax in axes] == ["CIFAR-10", "CIFAR-100", "STL-10",
+                                               "ImageNet-1k"]
+    observed, paper, fitted = axes[2].lines
+    # STL-10 test accuracies of Table 1, by increasing patch size
+    np.testing.assert_allclose(observed.get_xdata(), [4, 8, 16, 32, 48, 64, 96])
+    np.testing.assert_allclose(observed.get_ydata(),
+                               1 - np.array([46.3, 52.5, 67.6, 79.2, 83.0, 81.7, 70.3]) / 100)
+    x, bound = paper.get_data()
+    at_48 = bound[np.flatnonzero(x == 48)[0]]
+    assert at_48 == pytest.approx(
+        _reference_min(5_000, 10, 96, 96, 3, 48, 48, stride_h=5, stride_w=5), rel=1e-12)
+    x, bound = fitted.get_data()
+    assert bound[np.flatnonzero(x == 48)[0]] == pytest.approx(_reference_min(
+        5_000, 10, 96, 96, 3, 48, 48, stride_h=5, stride_w=5,
+        c4=calibrated.c4_, c6=calibrated.c6_), rel=1e-10)
+    bad = load_patch_size_results()
+    bad.data = bad.data[:, :6]
+    with pytest.raises(ValueError, match="7 columns"):
+        plot_bound_vs_observed(bad)
