@@ -9,7 +9,8 @@ padding)`` and has ``classes_``.
 from numbers import Integral, Real
 
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import softmax
+from sklearn.metrics import log_loss
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
@@ -111,11 +112,10 @@ def _scores(logits, keep, y_index):
     """Accuracy and log loss of the mean logits over the kept patches."""
     weights = keep[:, None].astype(np.float64)
     mean = (logits * weights).sum(axis=(2, 3)) / weights.sum(axis=(2, 3))
-    log_proba = log_softmax(mean, axis=1)
-    rows = np.arange(len(y_index))
     accuracy = float(np.mean(np.argmax(mean, axis=1) == y_index))
-    loss = float(-np.mean(log_proba[rows, y_index]))
-    return accuracy, loss
+    # sklearn's log_loss, so the figure matches what users compute from predict_proba
+    loss = log_loss(y_index, softmax(mean, axis=1), labels=np.arange(logits.shape[1]))
+    return accuracy, float(loss)
 
 
 @validate_params(

@@ -1,0 +1,180 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import log_loss
+
+from skpatch import PatchCNNClassifier, blackout_scores, class_heatmap
+from skpatch.inspection import _blackout_masks
+from skpatch.plotting import plot_blackout, plot_heatmap
+
+# the shared cores are oversubscribed; torch's spinning threads only slow down
+torch.set_num_threads(1)
+
+FAST = dict(module="resnet10", width=4, max_epochs=2, batch_size=16, lr=0.05,
+            device="cpu", verbose=0, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.random((18, 7, 6, 2)).astype(np.float32)
+    y = np.array([3, 5, 9] * 6)
+    return X, y
+
+
+def _fit(data, patch_size):
+    X, y = data
+    return PatchCNNClassifier(patch_size, **FAST).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def odd(data):
+    return _fit(data, 3)
+
+
+@pytest.fixture(scope="module")
+def even(data):
+    return _fit(data, 4)
+
+
+def _logit_of_patch_centred_at(clf, X_train, image, r, c, T):
+    """Slow reference: pad by hand, cut the TxT patch centred at (r, c), run the core net."""
+    before = (T - 1) // 2  # the centre of an even patch is its upper-left middle pixel
+    padded = np.pad(image, ((before, T - 1 - before), (before, T - 1 - before), (0, 0)))
+    patch = padded[r:r + T, c:c + T]
+    mean = X_train.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = X_train.std(axis=(0, 1, 2), dtype=np.float64)
+    x = torch.as_tensor(((patch - mean) / std).transpose(2, 0, 1)[None], dtype=torch.float32)
+    with torch.no_grad():
+        return clf.net_.module_.core.eval()(x)[0].numpy()
+
+
+@pytest.mark.parametrize("which, T", [("odd", 3), ("even", 4)])
+def test_heatmap_pixel_is_the_logit_of_the_patch_centred_there(data, which, T, request):
+    clf = request.getfixturevalue(which)
+    X, _ = data
+    maps = class_heatmap(clf, X[:2])
+    assert maps.shape == (2, 3, 7, 6)
+    for i, r, c in [(0, 0, 0), (0, 3, 2), (1, 6, 5), (1, 2, 5), (0, 6, 0)]:
+        expected = _logit_of_patch_centred_at(clf, X, X[i], r, c, T)
+        np.testing.assert_allclose(maps[i, :, r, c], expected, atol=1e-4)
+
+
+def test_heatmap_class_selection_and_unpadded_grid(odd, data):
+    X, _ = data
+    full = class_heatmap(odd, X[:3])
+    np.testing.assert_array_equal(class_heatmap(odd, X[:3], classes=[9, 3]), full[:, [2, 0]])
+    valid = class_heatmap(odd, X[:3], padding=0)
+    # unpadded patch (r, c) is the 'same' patch centred at (r + 1, c + 1) for T = 3
+    np.testing.assert_allclose(valid, full[:, :, 1:-1, 1:-1], atol=1e-5)
+    with pytest.raises(ValueError, match=r"classes \[4\] are not among"):
+        class_heatmap(odd, X[:3], classes=[4])
+
+
+def test_blackout_fraction_zero_equals_score_and_log_loss(odd, data):
+    X, y = data
+    res = blackout_scores(odd, X, y, fractions=[0.0], alternate=False)
+    assert res["accuracy"][0] == pytest.approx(odd.score(X, y))
+    assert res["log_loss"][0] == pytest.approx(log_loss(y, odd.predict_proba(X)), rel=1e-6)
+    assert res["accuracy_std"][0] == 0
+
+
+def test_alternate_blackout_keeps_the_checkerboard(odd, data):
+    X, y = data
+    logits = odd.patch_logits(X).astype(np.float64)
+    gh, gw = logits.shape[2:]
+    kept = [logits[:, :, r, c] for r in range(gh) for c in range(gw) if (r + c) % 2 == 0]
+    mean = np.mean(kept, axis=0)
+    expected = np.mean(odd.classes_[mean.argmax(1)] == y)
+    res = blackout_scores(odd, X, y, fractions=[0.5], n_repeats=2, random_state=0)
+    assert list(res["mode"]) == ["random", "alternate"]
+    assert res["accuracy"][1] == pytest.approx(expected)
+    assert res["fraction"][1] == pytest.approx(1 - len(kept) / (gh * gw))
+
+
+class _OneGoodPatch(BaseEstimator):
+    """Fake estimator: in each image one patch votes strongly for the truth, the rest weakly against."""
+
+    classes_ = np.array([0, 1])
+
+    def __init__(self, y, grid=(4, 5)):
+        self.y = y
+        self.grid = grid
+
+    def patch_logits(self, X, stride=None, padding=0):
+        n = len(self.y)
+        logits = np.zeros((n, 2) + self.grid)
+        logits[np.arange(n), 1 - self.y] = 1.0
+        rng = np.random.default_rng(0)
+        r, c = rng.integers(0, self.grid[0], n), rng.integers(0, self.grid[1], n)
+        logits[np.arange(n), self.y, r, c] = 100.0
+        return logits
+
+    def fit(self, X, y):
+        return self
+
+    def __sklearn_is_fitted__(self):
+        return True
+
+
+def test_random_blackout_drops_the_requested_fraction():
+    y = np.tile([0, 1], 1000)
+    est = _OneGoodPatch(y)
+    res = blackout_scores(est, np.zeros((2000, 1)), y, fractions=[0, 0.25, 0.5, 0.75],
+                          alternate=False, n_repeats=3, random_state=0)
+    # correct iff the good patch survives: probability 1 - round(f * 20) / 20
+    np.testing.assert_allclose(res["accuracy"], [1.0, 0.75, 0.5, 0.25], atol=0.03)
+    masks = _blackout_masks((50, 4, 5), 0.25, np.random.default_rng(0))
+    np.testing.assert_array_equal(masks.sum(axis=(1, 2)), 15)
+
+
+def test_blackout_is_reproducible_with_random_state(odd, data):
+    X, y = data
+    a = blackout_scores(odd, X, y, fractions=[0.5], random_state=3)
+    b = blackout_scores(odd, X, y, fractions=[0.5], random_state=3)
+    np.testing.assert_array_equal(a["log_loss"], b["log_loss"])
+
+
+def test_bad_inputs(odd, data):
+    X, y = data
+    with pytest.raises(TypeError, match="patch_logits"):
+        class_heatmap(object(), X)
+    with pytest.raises(NotFittedError):
+        blackout_scores(PatchCNNClassifier(), X, y)
+    with pytest.raises(ValueError, match=r"fractions must be .* in \[0, 1\)"):
+        blackout_scores(odd, X, y, fractions=[0.5, 1.0])
+    with pytest.raises(ValueError, match=r"labels \[7\] that are not among"):
+        blackout_scores(odd, X, np.full(len(X), 7))
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        blackout_scores(odd, X, y[:-1])
+
+
+def test_plot_heatmap_draws_image_and_maps(odd, data):
+    X, _ = data
+    maps = class_heatmap(odd, X[:1])[0]
+    fig = plot_heatmap(X[0, :, :, 0], maps, class_names=["3", "5", "9"], colorbar=False)
+    images = [ax.images[0].get_array() for ax in fig.axes]
+    np.testing.assert_array_equal(images[0], X[0, :, :, 0])
+    for shown, heatmap in zip(images[1:], maps):
+        np.testing.assert_array_equal(shown, heatmap)
+    assert [ax.get_title() for ax in fig.axes] == ["image", "3", "5", "9"]
+    with pytest.raises(ValueError, match="heatmaps must be"):
+        plot_heatmap(X[0], maps[0])
+
+
+def test_plot_blackout_plots_the_scores(odd, data):
+    X, y = data
+    res = blackout_scores(odd, X, y, fractions=[0.5, 0, 0.25], n_repeats=2, random_state=0)
+    ax = plot_blackout(res, metric="log_loss")
+    line = ax.lines[0]
+    np.testing.assert_allclose(line.get_xdata(), [0, 0.25, 0.5])
+    order = np.argsort(res["fraction"][:3])
+    np.testing.assert_allclose(line.get_ydata(), res["log_loss"][:3][order])
+    with pytest.raises(ValueError, match="metric must be"):
+        plot_blackout(res, metric="f1")
