@@ -13,6 +13,7 @@ __all__ = [
     "pool_regions",
     "pool_matrix",
     "encode_hard",
+    "encode_hard_sparse",
     "encode_triangle",
     "encode_full",
 ]
@@ -45,7 +46,7 @@ def pool_regions(grid_shape, pooling):
 
 
 def pool_matrix(region, counts):
-    """``(R, P)`` matrix averaging the positions of each region.
+    """``(R, P)`` 0/1 matrix summing the positions of each region.
 
     Parameters
     ----------
@@ -59,11 +60,11 @@ def pool_matrix(region, counts):
     n_positions = region.shape[0]
     pool = torch.zeros(counts.shape[0], n_positions, device=counts.device)
     pool[region, torch.arange(n_positions, device=counts.device)] = 1.0
-    return pool / counts[:, None]
+    return pool
 
 
 def encode_hard(mask, n_images, pool):
-    """Mean-pooled Phi_hard: the fraction of a region's patches having each atom among their k nearest.
+    """Sum-pooled Phi_hard: how many of a region's patches have each atom among their k nearest.
 
     Parameters
     ----------
@@ -77,9 +78,36 @@ def encode_hard(mask, n_images, pool):
     Returns
     -------
     pooled : torch.Tensor of shape (n_images, R, Q), float32
+        Region sums (exact integers for 0/1 codes); the caller divides by
+        the region sizes.
     """
     n_regions, n_positions = pool.shape
     return torch.matmul(pool, mask.reshape(n_images, n_positions, -1))
+
+
+def encode_hard_sparse(indices, n_images, region, n_regions, n_atoms):
+    """:func:`encode_hard` from neighbour indices, without a dense mask (for small k).
+
+    Parameters
+    ----------
+    indices : torch.Tensor of shape (n_images * P, k), int64
+    n_images : int
+    region : torch.Tensor of shape (P,), int64
+    n_regions : int
+    n_atoms : int
+
+    Returns
+    -------
+    counts : torch.Tensor of shape (n_images, R, Q), float32
+        Per-region counts; divide by the region sizes for the mean.
+    """
+    n_positions = region.shape[0]
+    image = torch.arange(n_images, device=indices.device).repeat_interleave(n_positions)
+    base = (image * n_regions + region.repeat(n_images)) * n_atoms
+    slots = (base[:, None] + indices).reshape(-1)
+    # integer counts: exact and independent of summation order
+    counts = torch.bincount(slots, minlength=n_images * n_regions * n_atoms)
+    return counts.to(torch.float32).reshape(n_images, n_regions, n_atoms)
 
 
 def triangle_values(sq_distances, mask, k):
@@ -106,7 +134,7 @@ def triangle_values(sq_distances, mask, k):
 
 
 def encode_triangle(sq_distances, mask, k, n_images, pool):
-    """Mean-pooled triangle encoding over the k nearest atoms (see :func:`triangle_values`).
+    """Sum-pooled triangle encoding over the k nearest atoms (see :func:`triangle_values`).
 
     Returns
     -------
@@ -116,7 +144,7 @@ def encode_triangle(sq_distances, mask, k, n_images, pool):
 
 
 def encode_full(reduced, mask, n_images, pool):
-    """Mean-pooled Phi_full: each patch's reduced vector added to the slots of its k nearest atoms.
+    """Sum-pooled Phi_full: each patch's reduced vector added to the slots of its k nearest atoms.
 
     Parameters
     ----------
@@ -132,7 +160,7 @@ def encode_full(reduced, mask, n_images, pool):
     """
     n_regions, n_positions = pool.shape
     n_components = reduced.shape[1]
-    # (b, R, P, r): each region's averaging weights times the patch vectors
+    # (b, R, P, r): each region's 0/1 weights times the patch vectors
     weighted = pool[None, :, :, None] * reduced.reshape(n_images, 1, n_positions, n_components)
     selected = mask.reshape(n_images, n_positions, -1).transpose(1, 2)[:, None]
     return torch.matmul(selected, weighted)

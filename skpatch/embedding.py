@@ -408,9 +408,12 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             return int(self.batch_size)
         n_positions = self.patch_grid_shape_[0] * self.patch_grid_shape_[1]
         per_atom = self.n_full_components if self.encoding == "full" else 1
-        # products, scores, bool + float masks and distances, per patch
-        row_bytes = n_positions * self.atoms_.shape[0] * (4 * 5 + per_atom * 4)
-        return get_chunk_n_rows(row_bytes=row_bytes, max_n_rows=n_images)
+        # keep each (patches x atoms) float32 buffer near 8 MB: below glibc's
+        # mmap threshold, so buffers are reused instead of page-faulted anew
+        row_bytes = n_positions * self.atoms_.shape[0] * 4 * per_atom
+        return get_chunk_n_rows(
+            row_bytes=row_bytes, max_n_rows=n_images, working_memory=8
+        )
 
     def _transform(self, images):
         import torch
@@ -474,6 +477,12 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 queries = (sign * whitened).cpu().numpy()
                 dist, idx = _faiss.index_search(self._get_index(), queries, k)
                 indices = torch.from_numpy(idx).to(device)
+                if self.encoding == "hard":
+                    counts = _encodings.encode_hard_sparse(
+                        indices, n_images, state["region"], pool.shape[0], n_atoms
+                    )
+                    codes.append(counts)
+                    continue
                 mask = _faiss.indices_to_mask(indices, n_atoms)
                 sq_dist = torch.zeros_like(mask).scatter_(
                     1, indices, torch.from_numpy(dist).to(device)
@@ -485,7 +494,10 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             else:
                 reduced = (sign * whitened) @ state["projection"]
                 codes.append(_encodings.encode_full(reduced, mask, n_images, pool))
-        return torch.stack(codes, dim=1)
+        codes = torch.stack(codes, dim=1)
+        # mean pooling: region sums over region sizes, the same on every path
+        sizes = state["counts"].reshape((1, 1, -1) + (1,) * (codes.ndim - 3))
+        return codes / sizes
 
     def _knn_backend(self, device):
         if self.knn_backend != "auto":
