@@ -25,6 +25,7 @@ _LAZY_NAMES = {
     "order_patches": "ordering",
     "unorder_patches": "ordering",
     "PatchCNNClassifier": "classifiers",
+    "BagNetClassifier": "classifiers",
     "class_heatmap": "inspection",
     "blackout_scores": "inspection",
 }

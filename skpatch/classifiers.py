@@ -6,15 +6,18 @@ and inference machinery lives in :mod:`skpatch._base_classifier`.
 """
 
 import copy
+import os
+import warnings
 from numbers import Integral
 
+import numpy as np
 import torch
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
 
 from ._base_classifier import BasePatchNetClassifier
 from .utils._validation import check_size_pair
 
-__all__ = ["PatchCNNClassifier"]
+__all__ = ["BagNetClassifier", "PatchCNNClassifier"]
 
 _RESNETS = {"resnet10": 10, "resnet18": 18, "resnet34": 34}
 
@@ -229,3 +232,267 @@ default='sgd'
 
     def _uses_patch_inference(self):
         return self.inference == "patches"
+
+
+class BagNetClassifier(BasePatchNetClassifier):
+    """BagNet classifier: class evidence of q x q patches, averaged into logits.
+
+    A BagNet-9/17/33 (Brendel & Bethge, 2019) trained with skorch. Every
+    output location of the network sees one ``patch_size`` x ``patch_size``
+    patch of the image (patch locations 8 pixels apart); its class evidence
+    is :meth:`patch_logits`, and :meth:`predict_proba` is the softmax of the
+    mean evidence over locations. The official weights load from a local
+    file (nothing is downloaded).
+
+    Parameters
+    ----------
+    patch_size : {9, 17, 33}, default=33
+        Receptive field ``q`` of the BagNet (BagNet-9, -17 or -33). Images
+        must be at least ``q x q`` pixels.
+    width : int, default=64
+        Base channel count (64 in the official networks); stages have
+        ``width * (1, 2, 4, 8)`` middle channels. Small values give small
+        BagNets for small images.
+    layers : tuple of 4 int, default=(3, 4, 6, 3)
+        Bottleneck blocks per stage (ResNet-50 layout by default).
+    weights : str or path-like, default=None
+        Local path to a state dict in the reference naming (e.g. the official
+        BagNet weights saved with ``torch.save(model.state_dict(), path)``).
+        It is loaded strictly; when its number of classes differs from that
+        of ``y``, ``fc`` is re-initialized for ``classes_`` with a warning.
+        With weights, inputs are normalized with the ImageNet mean and
+        standard deviation the weights expect (float images must be RGB in
+        [0, 1]; ``uint8`` images are scaled to it).
+    freeze_backbone : bool, default=False
+        Train only ``fc``; the rest of the network, its BatchNorm statistics
+        included, keeps its initial (or loaded) values.
+    max_epochs : int, default=10
+        Passes over the training images.
+    batch_size : int, default=64
+    optimizer : {'sgd', 'adam', 'adamw'} or torch optimizer class, default='sgd'
+    lr : float, default=0.01
+    momentum : float, default=0.9
+        SGD momentum.
+    weight_decay : float, default=1e-4
+    lr_schedule : {'cosine', 'constant'}, default='cosine'
+    augment : tuple of str or None, default=('flip',)
+        Training augmentations; ``'flip'`` is a random horizontal flip.
+    train_split : None, float or callable, default=None
+        ``None`` trains on every image; a float holds out that stratified
+        fraction for validation (skorch ``ValidSplit``).
+    device : {'auto', 'cpu', 'cuda'} or 'cuda:N', default='auto'
+        ``'auto'`` uses a CUDA GPU when one is visible.
+    amp : 'auto' or bool, default='auto'
+        bfloat16 autocast in training; ``'auto'`` enables it on CUDA only.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weight initialization, shuffling and augmentation.
+    verbose : int, default=1
+        0 is silent, 1 prints skorch's epoch table, 2 adds a progress bar.
+    callbacks : list or None, default=None
+        Extra skorch callbacks.
+    image_shape : tuple (H, W) or (H, W, C), default=None
+        Shape of one image when ``X`` holds flattened rows.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    net_ : skorch.NeuralNetClassifier
+        The trained network; ``net_.module_.core`` is the BagNet (wrapped in
+        :class:`~skpatch.nn.bagnet.InputAffine` when ``weights`` is given).
+    history_ : skorch.History
+    device_ : str
+    channel_mean_, channel_std_ : ndarray of shape (C,)
+        Per-channel statistics of the training images.
+    n_features_in_ : int
+    image_shape_ : tuple of int
+        ``(H, W, C)`` of the training images.
+
+    See Also
+    --------
+    PatchCNNClassifier : a CNN trained on random crops, averaged over patches.
+    skpatch.nn.bagnet.bagnet33 : the torch module.
+    skpatch.inspection.blackout_scores : accuracy with patches dropped.
+
+    Notes
+    -----
+    ``patch_logits`` runs the network once per image: because all
+    convolutions are unpadded and strided from the top-left corner, the
+    evidence at grid location ``(i, j)`` is exactly the network's output on
+    the patch ``X[8 i : 8 i + q, 8 j : 8 j + q]`` alone. The pooled logit
+    equals the mean of the evidence because ``fc`` is linear.
+
+    The stem BatchNorm keeps the reference momentum 0.001 when fine-tuning
+    ``weights``; from scratch it uses 0.1, since with 0.001 its running
+    statistics stay near their initial values for thousands of steps.
+
+    References
+    ----------
+    .. [1] W. Brendel and M. Bethge, "Approximating CNNs with Bag-of-local-
+       Features models works surprisingly well on ImageNet", ICLR 2019.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skpatch.classifiers import BagNetClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((20, 17, 17, 3)).astype(np.float32)
+    >>> y = np.repeat([0, 1], 10)
+    >>> clf = BagNetClassifier(9, width=2, layers=(1, 1, 1, 1), max_epochs=1,
+    ...                        verbose=0, device="cpu", random_state=0).fit(X, y)
+    >>> clf.patch_logits(X[:2]).shape
+    (2, 2, 2, 2)
+    """
+
+    _parameter_constraints = {
+        **BasePatchNetClassifier._parameter_constraints,
+        "patch_size": [Options(Integral, {9, 17, 33})],
+        "width": [Interval(Integral, 1, None, closed="left")],
+        "layers": [tuple, list],
+        "weights": [str, os.PathLike, None],
+        "freeze_backbone": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        patch_size=33,
+        *,
+        width=64,
+        layers=(3, 4, 6, 3),
+        weights=None,
+        freeze_backbone=False,
+        max_epochs=10,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        lr_schedule="cosine",
+        augment=("flip",),
+        train_split=None,
+        device="auto",
+        amp="auto",
+        random_state=None,
+        verbose=1,
+        callbacks=None,
+        image_shape=None,
+    ):
+        self.patch_size = patch_size
+        self.width = width
+        self.layers = layers
+        self.weights = weights
+        self.freeze_backbone = freeze_backbone
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.augment = augment
+        self.train_split = train_split
+        self.device = device
+        self.amp = amp
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+        self.image_shape = image_shape
+
+    def _check_params_vs_input(self, images):
+        super()._check_params_vs_input(images)
+        layers = tuple(self.layers)
+        if len(layers) != 4 or not all(
+            isinstance(n, Integral) and not isinstance(n, bool) and n >= 1 for n in layers
+        ):
+            raise ValueError(
+                f"layers must be 4 positive ints (blocks per stage), got {self.layers!r}."
+            )
+        q = self.patch_size
+        height, width = images.shape[1:3]
+        if height < q or width < q:
+            raise ValueError(
+                f"images of size {height}x{width} are smaller than patch_size={q}: a "
+                f"BagNet-{q} needs images of at least {q}x{q} pixels."
+            )
+        if self.weights is not None:
+            if not os.path.isfile(self.weights):
+                raise ValueError(f"weights={self.weights!r} is not a file.")
+            if images.shape[3] != 3:
+                raise ValueError(
+                    f"weights need RGB images with 3 channels, got {images.shape[3]}."
+                )
+        self._layers = layers
+        self._patch_size = (q, q)
+
+    def _default_patch_stride(self):
+        return 8
+
+    def _build_module(self, n_classes, n_channels):
+        from .nn.bagnet import (
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            BAGNET_KERNEL3,
+            BagNet,
+            InputAffine,
+            load_reference_weights,
+        )
+
+        net = BagNet(
+            BAGNET_KERNEL3[self.patch_size],
+            self._layers,
+            n_classes=n_classes,
+            width=self.width,
+            in_channels=n_channels,
+            # the reference stem momentum (0.001) barely moves in a short run from scratch
+            stem_momentum=0.001 if self.weights is not None else 0.1,
+        )
+        if self.weights is not None:
+            state = torch.load(self.weights, map_location="cpu", weights_only=True)
+            fc_weight = state.get("fc.weight", state.get("module.fc.weight"))
+            reset_fc = fc_weight is not None and fc_weight.shape[0] != n_classes
+            if reset_fc:
+                warnings.warn(
+                    f"weights have {fc_weight.shape[0]} classes but y has {n_classes}: "
+                    "fc is re-initialized for classes_.",
+                    UserWarning,
+                )
+            try:
+                load_reference_weights(net, state, reset_fc=reset_fc)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"weights={self.weights!r} does not match a BagNet-{self.patch_size} "
+                    f"with width={self.width}, layers={self._layers}: {exc}"
+                ) from exc
+        if self.freeze_backbone:
+            net.freeze_backbone()
+        if self.weights is None:
+            return net
+        # the base normalizes with the data statistics; the weights expect ImageNet's
+        data_mean, data_std = self.channel_mean_, self.channel_std_
+        in_mean, in_std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
+        return InputAffine(net, data_std / in_std, (data_mean - in_mean) / in_std)
+
+    def _forward_patch_logits(self, module, x, stride, pads):
+        step = 8  # pixels between neighbouring BagNet locations
+        if any(s not in (1, 2, 4, 8) for s in stride):
+            raise ValueError(
+                f"stride must be 1, 2, 4 or 8 for BagNetClassifier (a divisor of the "
+                f"network's step of 8 pixels between locations), got {tuple(stride)!r}."
+            )
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = torch.nn.functional.pad(x, (left, right, top, bottom))
+        x = module.normalize(x)
+        if tuple(stride) == (step, step):
+            return module.core.patch_logits(x)
+        # a finer stride: one pass per offset of the 8-pixel grid, interleaved
+        q = self.patch_size
+        sh, sw = stride
+        height, width = x.shape[-2:]
+        out = x.new_empty(
+            (x.shape[0], len(self.classes_), (height - q) // sh + 1, (width - q) // sw + 1)
+        )
+        for top_offset in range(0, min(step, height - q + 1), sh):
+            for left_offset in range(0, min(step, width - q + 1), sw):
+                evidence = module.core.patch_logits(x[:, :, top_offset:, left_offset:])
+                out[:, :, top_offset // sh :: step // sh, left_offset // sw :: step // sw] = evidence
+        return out
