@@ -1,0 +1,126 @@
+"""Nearest-atom throughput of PatchDictionaryEmbedding against faiss and sklearn.
+
+On whitened 6x6x3 CIFAR-10 (JPEG copy) patches and a 1024-atom k-means
+dictionary, for k = 1 and k = 256:
+
+- ``embedding``: ``PatchDictionaryEmbedding.transform`` end to end (patch
+  extraction, whitening, k-NN, hard encoding, 2x2 pooling), backend 'auto';
+- ``faiss``: raw ``IndexFlatL2.search`` on the already whitened patches;
+- ``sklearn``: ``NearestNeighbors(algorithm='brute').kneighbors`` on them;
+- ``gemm bound``: ``2 * dim * n_atoms`` flops per patch at the SGEMM rate
+  measured here on the same (patches x dim) @ (dim x atoms) shape.
+
+The neighbour sets of the three are compared on the first patches. Run
+``python benchmarks/bench_embedding_knn.py`` (1M patches) or ``--quick``.
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _timed(fn, repeats=1):
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100k patches, k=1 and 256")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch, faiss and BLAS (default 1: the 2 cores are shared)")
+    parser.add_argument("--data", default="../shared/data/cifar-10-jpeg.tar.gz")
+    args = parser.parse_args()
+
+    import faiss
+    import torch
+    from sklearn.neighbors import NearestNeighbors
+    from threadpoolctl import threadpool_limits
+
+    from skpatch import PatchDictionaryEmbedding
+    from skpatch.datasets import load_cifar10
+    from skpatch.extraction import extract_patches
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+
+    n_images = 138 if args.quick else 1372  # 729 patches each: 100k / 1M patches
+    images, _ = load_cifar10(args.data, subset="test", return_X_y=True)
+    images = images[:n_images]
+    n_patches = n_images * 27 * 27
+
+    base = PatchDictionaryEmbedding(
+        patch_size=6, n_atoms=1024, n_neighbors=1, pooling=2, n_patches_fit=65536,
+        random_state=0,
+    ).fit(images)
+    rows = extract_patches(images.astype(np.float32) / 255, 6).reshape(n_patches, -1)
+    whitened = np.ascontiguousarray((rows - base.mean_) @ base.whitening_, dtype=np.float32)
+    atoms = base.atoms_
+    dim = whitened.shape[1]
+
+    # SGEMM rate on the search's own shape, in chunks like faiss's blocks
+    chunk = 4096
+    q = torch.from_numpy(whitened[:chunk * 8])
+    a = torch.from_numpy(atoms)
+    q[:chunk] @ a.T
+    gemm_s, _ = _timed(lambda: [q[i:i + chunk] @ a.T for i in range(0, len(q), chunk)], 3)
+    gflops = 2 * dim * atoms.shape[0] * len(q) / gemm_s / 1e9
+    bound = gflops * 1e9 / (2 * dim * atoms.shape[0])
+
+    print(f"{n_patches} patches, dim {dim}, {atoms.shape[0]} atoms, {args.threads} thread(s)")
+    print(f"SGEMM {gflops:.1f} GFLOP/s -> GEMM bound {bound / 1e6:.2f} M patches/s\n")
+    print(f"{'k':>4} {'method':<34} {'seconds':>8} {'M patches/s':>12} {'of bound':>9} "
+          "same sets")
+    results = {}
+    n_check = 20000
+    for k in (1, 256):
+        index = faiss.IndexFlatL2(dim)
+        index.add(atoms)
+        faiss_s, (_, faiss_idx) = _timed(lambda: index.search(whitened, k))
+        nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(atoms)
+        sk_rows = whitened if args.quick else whitened[: n_patches // 4]
+        sk_s, sk_idx = _timed(lambda: nn.kneighbors(sk_rows, return_distance=False))
+        sk_s *= n_patches / len(sk_rows)  # per-patch rate measured on a quarter
+        emb = PatchDictionaryEmbedding(
+            patch_size=6, n_atoms=1024, n_neighbors=k, pooling=2, n_patches_fit=65536,
+            random_state=0,
+        ).fit(images)
+        backend = emb._knn_backend("cpu")
+        emb.transform(images[:2])
+        emb_s, _ = _timed(lambda: emb.transform(images))
+
+        # same neighbour sets: the mask the embedding selects vs faiss and sklearn
+        from skpatch.utils import _faiss as fz
+
+        scores = torch.from_numpy(whitened[:n_check]) @ a.T * 2 - (a**2).sum(1)
+        ours = (fz.select_mask(scores, k).numpy() > 0)
+        def _same(idx):
+            theirs = np.zeros_like(ours)
+            np.put_along_axis(theirs, idx[:n_check], True, axis=1)
+            return (ours == theirs).all(axis=1).mean()
+        same_faiss, same_sk = _same(faiss_idx), _same(sk_idx)
+        for name, seconds, same in [
+            (f"embedding transform ({backend})", emb_s, ""),
+            ("faiss IndexFlatL2.search", faiss_s, f"{same_faiss:.4f}"),
+            ("sklearn NearestNeighbors brute", sk_s, f"{same_sk:.4f}"),
+        ]:
+            rate = n_patches / seconds
+            print(f"{k:>4} {name:<34} {seconds:>8.2f} {rate / 1e6:>12.3f} "
+                  f"{rate / bound:>8.1%} {same}")
+        results[k] = dict(emb=emb_s, faiss=faiss_s, sklearn=sk_s)
+    r = results
+    print(
+        f"\nRESULT speedup_vs_faiss_k256={r[256]['faiss'] / r[256]['emb']:.2f} "
+        f"speedup_vs_sklearn_k256={r[256]['sklearn'] / r[256]['emb']:.2f} "
+        f"gemm_fraction_k1={n_patches / r[1]['emb'] / bound:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
