@@ -646,7 +646,7 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like or DataFrame of shape (n_settings, n_features_in_)
+        X : array-like or DataFrame of shape (n_settings, 6) or (n_settings, 7)
             Settings as in :meth:`fit`.
 
         Returns
@@ -663,6 +663,25 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
             formula=self.formula, min_over_smaller=self.min_over_smaller,
             min_patch_size=self.min_patch_size,
         )
+
+    def score(self, X, y, sample_weight=None):
+        """Return the coefficient of determination R^2 of the predicted errors.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_settings, 6) or (n_settings, 7)
+            Settings as in :meth:`fit`.
+        y : array-like of shape (n_settings,)
+            Observed test errors.
+        sample_weight : array-like of shape (n_settings,), default=None
+            Weights of the squared residuals.
+
+        Returns
+        -------
+        score : float
+            :func:`sklearn.metrics.r2_score` of ``predict(X)`` against ``y``.
+        """
+        return super().score(X, y, sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
