@@ -257,14 +257,15 @@ def test_calibration_keeps_uncalibrated_constant(rng):
     assert_allclose(model.c4_, 0.9, rtol=1e-8)
 
 
-def test_calibration_beats_a_grid_on_published_errors():
+@pytest.mark.parametrize("formula", ["paper", "code"])
+def test_calibration_beats_a_grid_on_published_errors(formula):
     X, y = load_patch_size_results(return_X_y=True)
-    model = PatchBoundPredictor().fit(X, y)
+    model = PatchBoundPredictor(formula=formula).fit(X, y)
     fitted = np.sum((model.predict(X) - y) ** 2)
-    for c4 in np.linspace(0, 1, 11):
-        for c6 in np.linspace(0, 4, 11):
-            grid = PatchBoundPredictor(calibrate=(), c4=c4, c6=c6).fit(X, y)
-            assert fitted <= np.sum((grid.predict(X) - y) ** 2) + 1e-12
+    for c4 in np.linspace(0, 1, 21):
+        for c6 in np.linspace(0, 4, 21):
+            grid = PatchBoundPredictor(calibrate=(), c4=c4, c6=c6, formula=formula)
+            assert fitted <= np.sum((grid.fit(X, y).predict(X) - y) ** 2) + 1e-12
 
 
 def test_alpha_at_search_edge_warns():
