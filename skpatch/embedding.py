@@ -407,6 +407,12 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         if self.batch_size != "auto":
             return int(self.batch_size)
         n_positions = self.patch_grid_shape_[0] * self.patch_grid_shape_[1]
+        if self._knn_backend(self._torch_device()) == "faiss" and self.encoding == "hard":
+            # no dense (patches x atoms) buffer: faiss works best on large query blocks
+            row_bytes = n_positions * (self.atoms_.shape[1] + 3 * self.n_neighbors_) * 4
+            return get_chunk_n_rows(
+                row_bytes=row_bytes, max_n_rows=n_images, working_memory=64
+            )
         per_atom = self.n_full_components if self.encoding == "full" else 1
         # keep each (patches x atoms) float32 buffer near 8 MB: below glibc's
         # mmap threshold, so buffers are reused instead of page-faulted anew
