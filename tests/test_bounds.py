@@ -403,6 +403,8 @@ def test_plot_bound_curves_draws_equation_13():
     assert t[0] == 3 and t[-1] == 256
     want = [reference_bound(1_200_000, 10, 256, 256, 3, s, s, 4, 4) for s in t[::50]]
     assert_allclose(line.get_ydata()[::50], want, rtol=1e-12)
+    with pytest.raises(ValueError, match="vary keys"):
+        plot_bound_curves(vary={"classes": [10]})
 
 
 def test_plot_bound_vs_observed_draws_observed_and_bound():
@@ -415,6 +417,13 @@ def test_plot_bound_vs_observed_draws_observed_and_bound():
     assert_allclose(observed.get_xdata(), [4, 8, 16, 24, 32])
     assert_allclose(observed.get_ydata(), [0.333, 0.158, 0.067, 0.054, 0.065], atol=1e-9)
     assert_allclose(bound.get_ydata()[-1], reference_min_bound(50_000, 10, 32, 3, 32))
+    # a calibrated predictor's line, STL-10 at T = 48 (stride 5)
+    X, y = load_patch_size_results(return_X_y=True)
+    fitted = PatchBoundPredictor().fit(X, y)
+    stl = plot_bound_vs_observed(predictors={"calibrated": fitted})[2]
+    sizes, bound = stl.lines[1].get_data()
+    assert_allclose(bound[sizes == 48], reference_min_bound(
+        5_000, 10, 96, 3, 48, 5, c4=fitted.c4_, c6=fitted.c6_), rtol=1e-12)
     with pytest.raises(ValueError, match="7 columns"):
         data = load_patch_size_results()
         data.data = data.data[:, :6]
