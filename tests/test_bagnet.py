@@ -9,6 +9,15 @@ from skpatch.extraction import extract_patches  # noqa: E402
 from skpatch.nn.bagnet import bagnet9, bagnet17, bagnet33  # noqa: E402
 
 CONSTRUCTORS = {9: bagnet9, 17: bagnet17, 33: bagnet33}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny networks on a shared CPU: thread synchronisation costs more than it gains."""
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
 KERNEL3 = {9: (1, 1, 0, 0), 17: (1, 1, 1, 0), 33: (1, 1, 1, 1)}
 
 
@@ -121,7 +130,7 @@ def test_location_evidence_equals_network_on_patch_alone(patch_size):
 
 @pytest.mark.parametrize("patch_size", [9, 17, 33])
 def test_one_pixel_changes_only_windows_holding_it(patch_size):
-    model = _tiny(patch_size, width=8)
+    model = _tiny(patch_size, width=4)
     rng = np.random.default_rng(1)
     h, w = patch_size + 24, patch_size + 16
     image = torch.from_numpy(rng.random((1, 3, h, w)))
@@ -175,3 +184,194 @@ def test_bad_constructor_arguments():
         bagnet9(layers=(1, 1, 1))
     with pytest.raises(ValueError, match="positive"):
         bagnet9(layers=(1, 0, 1, 1))
+
+
+# --------------------------------------------------------------------------- #
+# BagNetClassifier
+# --------------------------------------------------------------------------- #
+from scipy.special import softmax  # noqa: E402
+from sklearn.base import clone  # noqa: E402
+
+from skpatch.classifiers import BagNetClassifier  # noqa: E402
+
+TINY = dict(width=2, layers=(1, 1, 1, 1), max_epochs=2, batch_size=16, verbose=0,
+            device="cpu", random_state=0)
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 25, 33, 3)).astype(np.float32)
+    y = np.repeat(np.array(["a", "b"]), 20)
+    X[y == "b", :, :, 0] += 0.5  # a learnable colour cue
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(toy_data):
+    X, y = toy_data
+    return BagNetClassifier(9, **TINY).fit(X, y)
+
+
+def _module_logits(clf, images):
+    """Pooled logits of raw (n, h, w, C) images through the fitted network."""
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        return clf.net_.module_.eval()(x).numpy()
+
+
+def test_classifier_patch_logits_equal_network_on_each_patch(fitted, toy_data):
+    X, _ = toy_data
+    evidence = fitted.patch_logits(X[:3])
+    assert evidence.shape == (3, 2, (25 - 9) // 8 + 1, (33 - 9) // 8 + 1)
+    patches = extract_patches(X[:3], 9, stride=8)  # (n, gh, gw, 9, 9, C)
+    n, gh, gw = patches.shape[:3]
+    alone = _module_logits(fitted, patches.reshape(-1, 9, 9, 3)).reshape(n, gh, gw, 2)
+    np.testing.assert_allclose(evidence, alone.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2, (4, 2)])
+def test_classifier_finer_stride_equals_network_on_each_patch(fitted, toy_data, stride):
+    X, _ = toy_data
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    evidence = fitted.patch_logits(X[:2], stride=stride)
+    patches = extract_patches(X[:2], 9, stride=(sh, sw))
+    n, gh, gw = patches.shape[:3]
+    alone = _module_logits(fitted, patches.reshape(-1, 9, 9, 3)).reshape(n, gh, gw, 2)
+    np.testing.assert_allclose(evidence, alone.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_inspection_works_on_bagnet(fitted, toy_data):
+    from skpatch.inspection import blackout_scores, class_heatmap
+
+    X, y = toy_data
+    heatmap = class_heatmap(fitted, X[:2], classes=["b"])
+    # 'same' padding: the map at pixel (r, c) is the evidence of the patch centred there
+    padded = np.pad(X[:2], ((0, 0), (4, 4), (4, 4), (0, 0)))
+    centred = extract_patches(padded, 9, stride=1)[:, 10, 17]  # pixel (10, 17)
+    expected = _module_logits(fitted, np.ascontiguousarray(centred))[:, 1]
+    np.testing.assert_allclose(heatmap[:, 0, 10, 17], expected, rtol=1e-5, atol=1e-5)
+    scores = blackout_scores(fitted, X, y, fractions=[0, 0.5], random_state=0)
+    assert scores["accuracy"][0] == pytest.approx(fitted.score(X, y))
+
+
+def test_classifier_proba_is_softmax_of_mean_evidence(fitted, toy_data):
+    X, _ = toy_data
+    proba = fitted.predict_proba(X)
+    expected = softmax(fitted.patch_logits(X).mean(axis=(2, 3)), axis=1)
+    np.testing.assert_allclose(proba, expected, rtol=1e-5)
+    # the pooled forward pass of the whole image gives the same probabilities
+    np.testing.assert_allclose(proba, softmax(_module_logits(fitted, X), axis=1), rtol=1e-4)
+    np.testing.assert_array_equal(fitted.predict(X), fitted.classes_[proba.argmax(axis=1)])
+
+
+def test_classifier_learns_colour_cue(fitted, toy_data):
+    X, y = toy_data
+    clf = clone(fitted).set_params(max_epochs=5, lr=0.1).fit(X, y)
+    assert clf.score(X, y) >= 0.9
+
+
+def test_classifier_results_do_not_depend_on_chunk_size(fitted, toy_data, monkeypatch):
+    X, _ = toy_data
+    full = fitted.patch_logits(X)
+    for max_patches in (6, 30, 10_000):  # 1, 2 and all 40 images per forward pass
+        monkeypatch.setattr(fitted, "_max_patches", lambda: max_patches)
+        # float32 convolution kernels round differently with the batch size: ulp level
+        np.testing.assert_allclose(fitted.patch_logits(X), full, rtol=1e-6, atol=1e-7)
+
+
+def test_classifier_seeded_refit_and_pickle_are_identical(fitted, toy_data):
+    import pickle
+
+    X, y = toy_data
+    full = fitted.patch_logits(X)
+    np.testing.assert_array_equal(clone(fitted).fit(X, y).patch_logits(X), full)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.patch_logits(X), full)
+
+
+def _reference_state(patch_size, width, layers, n_classes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = _reference_state_dict_shapes(KERNEL3[patch_size], layers, width, n_classes)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(100)
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(shape, generator=gen)
+        else:
+            state[key] = 0.3 * torch.randn(shape, generator=gen)
+    return state
+
+
+def test_weights_load_frozen_backbone_and_imagenet_normalization(toy_data, tmp_path):
+    X, y = toy_data
+    state = _reference_state(9, 2, (1, 1, 1, 1), n_classes=1000)
+    path = tmp_path / "bagnet9.pth"
+    torch.save(state, path)
+    clf = BagNetClassifier(9, weights=str(path), freeze_backbone=True, **{**TINY, "lr": 0.1})
+    with pytest.warns(UserWarning, match="1000 classes but y has 2"):
+        clf.fit(X, y)
+    # reference: the loaded backbone on ImageNet-normalized input, with the trained fc
+    reference = bagnet9(n_classes=2, width=2, layers=(1, 1, 1, 1))
+    fitted_fc = clf.net_.module_.core.net.fc
+    reference.load_state_dict(
+        {**{k: v for k, v in state.items() if not k.startswith("fc.")},
+         "fc.weight": fitted_fc.weight.detach(), "fc.bias": fitted_fc.bias.detach()}
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = torch.from_numpy(X[:4].transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        expected = reference.eval().patch_logits((x - mean) / std).numpy()
+    np.testing.assert_allclose(clf.patch_logits(X[:4]), expected, rtol=1e-4, atol=1e-4)
+    # the backbone, BatchNorm statistics included, did not move; fc did
+    trained = clf.net_.module_.core.net.state_dict()
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(trained[key], value), key
+    assert not torch.allclose(trained["fc.weight"], torch.zeros_like(trained["fc.weight"]))
+
+
+def test_weights_with_matching_classes_keep_fc(toy_data, tmp_path):
+    X, y = toy_data
+    state = _reference_state(9, 2, (1, 1, 1, 1), n_classes=2, seed=1)
+    path = tmp_path / "two_classes.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)  # DataParallel keys
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        clf = BagNetClassifier(9, weights=path, freeze_backbone=True,
+                               **{**TINY, "lr": 1e-9, "max_epochs": 1}).fit(X, y)
+    fc = clf.net_.module_.core.net.fc
+    np.testing.assert_allclose(fc.weight.detach().numpy(), state["fc.weight"].numpy(), atol=1e-6)
+
+
+def test_weights_of_another_architecture_are_a_clear_error(toy_data, tmp_path):
+    X, y = toy_data
+    path = tmp_path / "wide.pth"
+    torch.save(_reference_state(9, 4, (1, 1, 1, 1), n_classes=2), path)
+    with pytest.raises(ValueError, match="does not match a BagNet-9 with width=2"):
+        BagNetClassifier(9, weights=str(path), **TINY).fit(X, y)
+    with pytest.raises(ValueError, match="is not a file"):
+        BagNetClassifier(9, weights=str(tmp_path / "missing.pth"), **TINY).fit(X, y)
+    with pytest.raises(ValueError, match="3 channels"):
+        torch.save(_reference_state(9, 2, (1, 1, 1, 1), n_classes=2), path)
+        BagNetClassifier(9, weights=str(path), **TINY).fit(X[..., 0], y)
+
+
+def test_classifier_bad_inputs(fitted, toy_data):
+    X, y = toy_data
+    with pytest.raises(ValueError, match="smaller than patch_size=33"):
+        BagNetClassifier(33, **TINY).fit(X, y)
+    with pytest.raises(ValueError, match="patch_size"):
+        BagNetClassifier(10, **TINY).fit(X, y)
+    with pytest.raises(ValueError, match="layers must be 4 positive ints"):
+        BagNetClassifier(9, **{**TINY, "layers": (1, 1, 1)}).fit(X, y)
+    with pytest.raises(ValueError, match="stride must be 1, 2, 4 or 8"):
+        fitted.patch_logits(X[:2], stride=3)
+    with pytest.raises(ValueError, match="fitted on images of shape"):
+        fitted.predict(X[:, :20])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        clone(fitted).fit(X, np.zeros(len(X)))

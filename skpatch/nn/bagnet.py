@@ -108,6 +108,10 @@ class BagNet(nn.Module):
         ``(n, n_classes, gh, gw)``.
     in_channels : int, default=3
         Channels of the input images.
+    stem_momentum : float, default=0.001
+        Momentum of the stem ``bn1`` running statistics (0.001 in the
+        reference; with so small a value a short training from scratch
+        leaves them near their initial values, so use 0.1 there).
 
     Attributes
     ----------
@@ -135,6 +139,7 @@ class BagNet(nn.Module):
         width=64,
         avg_pool=True,
         in_channels=3,
+        stem_momentum=0.001,
     ):
         super().__init__()
         kernel3, layers = tuple(kernel3), tuple(layers)
@@ -148,7 +153,7 @@ class BagNet(nn.Module):
         self.backbone_frozen = False
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, padding=0, bias=False)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=0, bias=False)
-        self.bn1 = nn.BatchNorm2d(width, momentum=0.001)
+        self.bn1 = nn.BatchNorm2d(width, momentum=stem_momentum)
         self.relu = nn.ReLU(inplace=True)
         channels = width
         receptive_field, jump = 3, 1
