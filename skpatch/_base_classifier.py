@@ -367,6 +367,11 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         # skorch maps CUDA tensors to the CPU when no GPU is present; follow it
         if "net_" in state:
             self.device_ = str(self.net_.device)
+            if not self.device_.startswith("cuda"):
+                # GPU-only speed-ups would only slow a CPU down (bf16 autocast)
+                self.net_.module_.channels_last = False
+                if self.amp == "auto":
+                    self.net_.module_.amp = False
 
     # ---- inference -------------------------------------------------------
     def _max_patches(self):

@@ -149,6 +149,21 @@ def test_clone_and_pickle(fitted, rgb_data):
     assert len(restored.history_) == FAST["max_epochs"]
 
 
+def test_model_fitted_on_a_gpu_loads_on_a_cpu(fitted, rgb_data):
+    X, _ = rgb_data
+    expected = fitted.predict_proba(X)
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA to exercise the CPU fallback")
+    gpu_like = pickle.loads(pickle.dumps(fitted))
+    # what a CUDA fit leaves behind: device strings and GPU-only module settings
+    gpu_like.net_.device = gpu_like.device_ = "cuda"
+    gpu_like.net_.module_.amp = gpu_like.net_.module_.channels_last = True
+    with pytest.warns(match="(?i)cuda"):
+        restored = pickle.loads(pickle.dumps(gpu_like))
+    assert restored.device_ == "cpu" and not restored.net_.module_.amp
+    np.testing.assert_allclose(restored.predict_proba(X), expected, atol=1e-6)
+
+
 def test_grid_search_over_patch_size_matches_sequential_fits():
     rng = np.random.default_rng(1)
     X, y = stripes(48, 8, rng)
