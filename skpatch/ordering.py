@@ -13,10 +13,12 @@ then the greedy chain takes ``n_patches`` vectorized steps. torch is not
 imported.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from joblib import effective_n_jobs
 from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
@@ -83,6 +85,7 @@ _OPTIONS = {
     "n_bins": [Interval(Integral, 2, None, closed="left")],
     "border": [StrOptions({"error", "keep"})],
     "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+    "n_jobs": [Integral, None],
 }
 
 
@@ -174,7 +177,9 @@ def _permutations(values, measure, order, reference, n_bins):
     return _greedy_chain(cost, reference)
 
 
-def _order(images, patch_size, measure, order, reference, n_bins, border, batch_size):
+def _order(
+    images, patch_size, measure, order, reference, n_bins, border, batch_size, n_jobs=None
+):
     """Order the patches of 4-D ``images``; returns ``(ordered, permutation)``."""
     n, height, width, channels = images.shape
     grid_h, grid_w = _grid((height, width), patch_size, border)
@@ -186,7 +191,7 @@ def _order(images, patch_size, measure, order, reference, n_bins, border, batch_
     ordered = images.copy()
     permutation = np.empty((n, n_patches), dtype=np.intp)
     covered = (slice(0, grid_h * patch_h), slice(0, grid_w * patch_w))
-    for batch in gen_batches(n, batch_size):
+    def order_chunk(batch):
         chunk = images[batch, covered[0], covered[1]]
         patches = extract_patches(chunk, patch_size, stride=patch_size).reshape(
             -1, n_patches, patch_h, patch_w, channels
@@ -199,6 +204,16 @@ def _order(images, patch_size, measure, order, reference, n_bins, border, batch_
         ordered[batch, covered[0], covered[1]] = _assemble(
             _take_patches(patches, perm), grid_h, grid_w
         )
+
+    batches = list(gen_batches(n, batch_size))
+    n_threads = min(effective_n_jobs(n_jobs), len(batches))
+    if n_threads <= 1:
+        for batch in batches:
+            order_chunk(batch)
+    else:
+        # chunks are independent and numpy releases the GIL in the hot ufuncs
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(order_chunk, batches))
     return ordered, permutation
 
 
@@ -259,6 +274,9 @@ _DOC_OPTIONS = """    measure : {'mutual_information', 'joint_entropy', 'kl_dive
     batch_size : int, default=None
         Images processed at once (bounds memory). None picks about 2**21
         patch values per chunk. The output does not depend on it.
+    n_jobs : int, default=None
+        Threads working on chunks at once; None means 1, -1 all CPUs. The
+        output does not depend on it.
 """
 
 
@@ -276,6 +294,7 @@ def order_patches(
     n_bins=16,
     border="error",
     batch_size=None,
+    n_jobs=None,
 ):
     images4d = _check_image_batch(images)
     ordered, permutation = _order(
@@ -287,6 +306,7 @@ def order_patches(
         n_bins,
         border,
         batch_size,
+        n_jobs,
     )
     return _with_layout(ordered, np.ndim(images)), permutation
 
@@ -495,6 +515,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         n_bins=16,
         border="error",
         batch_size=None,
+        n_jobs=None,
         image_shape=None,
     ):
         self.patch_size = patch_size
@@ -504,6 +525,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         self.n_bins = n_bins
         self.border = border
         self.batch_size = batch_size
+        self.n_jobs = n_jobs
         self.image_shape = image_shape
 
     def _check_params_vs_input(self, images):
@@ -576,6 +598,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
             self.n_bins,
             self.border,
             self.batch_size,
+            self.n_jobs,
         )
         return restore_layout(ordered, self._input_layout)
 

@@ -254,8 +254,8 @@ def test_deterministic_and_chunk_size_invariant(measure, rng):
     images = rng.integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
     images[3] = 7  # constant image: every score ties
     base = order_patches(images, 4, measure=measure)
-    for batch_size in (1, 4, 100):
-        again = order_patches(images, 4, measure=measure, batch_size=batch_size)
+    for batch_size, n_jobs in [(1, None), (4, 2), (100, 1), (3, -1)]:
+        again = order_patches(images, 4, measure=measure, batch_size=batch_size, n_jobs=n_jobs)
         np.testing.assert_array_equal(again[0], base[0])
         np.testing.assert_array_equal(again[1], base[1])
     # ties go to the lowest row-major index
