@@ -66,6 +66,8 @@ def faiss_kmeans(points, n_clusters, *, n_iter=25, seed=0, use_gpu=False):
         seed=int(seed),
         # use every sampled point: the caller already subsampled
         max_points_per_centroid=max(256, -(-points.shape[0] // int(n_clusters))),
+        # small data is legitimate here (tests, digits): no "too few points" warning
+        min_points_per_centroid=1,
         gpu=bool(use_gpu and _faiss_has_gpu(faiss)),
         verbose=False,
     )
