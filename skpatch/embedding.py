@@ -127,7 +127,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         ``n_full_components`` for ``'full'``.
     image_shape_ : tuple (H, W, C)
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features_in,)
         Only for 2-D input with string column names.
 
     See Also
@@ -397,7 +397,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of shape (n, n_features_out_), float32
+        X_new : ndarray of shape (n, n_features_out), float32
+            ``n_features_out_`` features per image.
         """
         check_is_fitted(self)
         images = validate_images(self, X, reset=False, dtype="float")
