@@ -375,7 +375,9 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
 
     # ---- inference -------------------------------------------------------
     def _max_patches(self):
-        return max(4 * self.batch_size, 256)
+        # a pixel budget of 4 * batch_size 32x32 images: small patches go in big batches
+        ph, pw = getattr(self, "_patch_size", (32, 32))
+        return max(256, 4 * self.batch_size * 1024 // (ph * pw))
 
     def _eval_module(self):
         module = self.net_.module_

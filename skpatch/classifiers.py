@@ -56,7 +56,8 @@ instance, default='resnet18'
     max_epochs : int, default=30
         Passes over the training images (one random crop each per pass).
     batch_size : int, default=256
-        Images per training step; inference batches ``4 * batch_size`` patches.
+        Images per training step; inference batches as many patches as
+        hold the pixels of ``4 * batch_size`` 32x32 images.
     optimizer : {'sgd', 'adam', 'adamw'} or torch.optim.Optimizer class, \
 default='sgd'
         ``'sgd'`` uses ``momentum``; all use ``weight_decay``.
