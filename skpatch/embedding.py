@@ -329,7 +329,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         else:
             atoms = random_state.standard_normal((n_atoms, whitened.shape[1]))
         self.atoms_ = np.ascontiguousarray(atoms, dtype=np.float32)
-        self.index_ = _faiss.build_index(self.atoms_)
+        self.index_ = _faiss.build_index(self.atoms_, use_gpu=device.startswith("cuda"))
         self._log(f"built a {self.dictionary!r} dictionary of {n_atoms} atoms", start)
 
         self.n_neighbors_ = k
@@ -443,7 +443,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         state["pool"] = _encodings.pool_matrix(state["region"], state["counts"])
         start = time.perf_counter()
         with torch.inference_mode():
-            for done, batch in enumerate(gen_batches(n_images, self._chunk_size(n_images))):
+            for batch in gen_batches(n_images, self._chunk_size(n_images)):
                 codes = self._encode_chunk(images[batch], state, device)
                 out[batch] = codes.reshape(codes.shape[0], -1).cpu().numpy()
                 if self.verbose:
@@ -569,7 +569,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         if getattr(self, "index_", None) is None:
             from .utils import _faiss
 
-            self.index_ = _faiss.build_index(self.atoms_)
+            use_gpu = self._torch_device().startswith("cuda")
+            self.index_ = _faiss.build_index(self.atoms_, use_gpu=use_gpu)
         return self.index_
 
     def __sklearn_tags__(self):

@@ -344,3 +344,29 @@ def test_unfitted_transform_raises():
 
     with pytest.raises(NotFittedError):
         PatchDictionaryEmbedding().transform(_images(n=2))
+
+
+def test_gpu_setting_loads_and_runs_on_cpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only fallback")
+    X = _images(n=4)
+    emb = PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2, random_state=0)
+    expected = emb.fit_transform(X)
+    emb.device = "cuda"  # as if fitted on a GPU machine
+    loaded = pickle.loads(pickle.dumps(emb))
+    with pytest.warns(RuntimeWarning, match="no CUDA GPU"):
+        assert_array_equal(loaded.transform(X), expected)
+
+
+def test_import_does_not_load_torch_or_faiss():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, skpatch; skpatch.PatchDictionaryEmbedding; "
+        "print('torch' in sys.modules, 'faiss' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "False"]
