@@ -86,6 +86,10 @@ def run(config, data, device, threads, seed):
           f"width={config['width']} n_train={len(X_fit)} epochs={config['epochs']} "
           f"n_eval_train={len(X_tr_eval)} n_eval_test={len(X_te_eval)}", flush=True)
 
+    # warm-up: first-call costs (imports, kernel selection) stay out of the timings
+    PatchCNNClassifier(8, module=config["module"], width=config["width"], max_epochs=1,
+                       batch_size=config["batch_size"], device=device, verbose=0,
+                       random_state=seed).fit(X_fit[:256], y_fit[:256]).predict(X_fit[:8])
     rows = []
     for T in config["patch_sizes"]:
         clf = PatchCNNClassifier(
