@@ -1,6 +1,6 @@
 """
 Does patch ordering speed up training? (the paper's convergence claim)
-=====================================================================
+======================================================================
 
 Ghebrechristos & Alaghband report that a CNN trained on images whose 4x4
 patches were reordered by mutual information (MI) between neighbours reaches

@@ -460,8 +460,9 @@ _ORDERER_DOC = (
         Number of patches vertically and horizontally.
     n_features_in_ : int
         ``H * W * C``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Only for 2-D input with string column names.
+    feature_names_in_ : ndarray of str
+        One name per feature (``n_features_in_`` of them); only for 2-D
+        input with string column names.
 
     See Also
     --------
