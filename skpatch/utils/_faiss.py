@@ -15,7 +15,6 @@ __all__ = [
     "index_search",
     "serialize_index",
     "deserialize_index",
-    "gemm_scores",
     "select_mask",
     "indices_to_mask",
 ]
@@ -105,27 +104,6 @@ def deserialize_index(data):
     """Inverse of :func:`serialize_index`; returns a CPU index."""
     faiss = import_faiss()
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy())
-
-
-def gemm_scores(queries, atoms, atom_sq_norms):
-    """``2 q.a - |a|^2``: larger is nearer; equals ``|q|^2 - |q - a|^2``.
-
-    The row constant ``|q|^2`` does not change the ranking, so it is left out;
-    ``-queries`` ranks with ``-(queries @ atoms.T) * 2 - |a|^2``, the same GEMM.
-
-    Parameters
-    ----------
-    queries : torch.Tensor of shape (m, d)
-    atoms : torch.Tensor of shape (q, d)
-    atom_sq_norms : torch.Tensor of shape (q,)
-
-    Returns
-    -------
-    scores : torch.Tensor of shape (m, q)
-    """
-    scores = queries @ atoms.T
-    scores.mul_(2.0).sub_(atom_sq_norms)
-    return scores
 
 
 def select_mask(scores, k):
