@@ -175,10 +175,6 @@ def _standalone(measure, features, n_pixels):
     return variance.mean(-1)
 
 
-def _pair_scale(dtype):
-    return 255.0 if dtype == np.uint8 else 1.0
-
-
 def _kernel(measure, features_a, features_b, n_pixels, is_uint8):
     """Value of ``measure`` for each pair, averaged over channels: ``(...)``."""
     if measure in ("mutual_information", "joint_entropy"):
