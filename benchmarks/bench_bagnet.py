@@ -83,7 +83,9 @@ def bench_speed(cases, repeats, batch_size=256):
             )
         max_diff = float((one - per).abs().max())
         gh, gw = one.shape[2:]
-        rows.append((label, size, stride, n_images, gh * gw, t_one, t_per, t_per / t_one, max_diff))
+        rows.append(
+            (label, size, stride, n_images, gh * gw, t_one, t_per, t_per / t_one, max_diff)
+        )
     print("\n== patch_logits: whole-image passes vs every patch separately ==")
     print("(stride 8: one pass; stride 1: one pass per offset of the 8-pixel grid, 64 in all;")
     print(" per patch: every q x q window through the network in batches of "
@@ -119,7 +121,8 @@ def bench_blackout(quick, seed=0):
     print(f"\n== blackout: BagNet-9 (width 32, layers (1,1,1,1)), CIFAR-10 (JPEG copy), "
           f"{n_train} train / {n_test} test images, {epochs} epochs, fit {fit_time:.0f} s ==")
     print(f"patch grid {grid[0]}x{grid[1]} = {grid[0] * grid[1]} patches of 9x9 per image")
-    print(f"train acc {np.mean(train_proba.argmax(1) == np.searchsorted(clf.classes_, y_train[train])):.4f} "
+    train_acc = np.mean(clf.classes_[train_proba.argmax(1)] == y_train[train])
+    print(f"train acc {train_acc:.4f} "
           f"loss {log_loss(y_train[train], train_proba, labels=clf.classes_):.4f}")
     scores = blackout_scores(
         clf, X_test[test], y_test[test], fractions=(0, 0.25, 0.5, 0.75), alternate=True,

@@ -495,5 +495,7 @@ class BagNetClassifier(BasePatchNetClassifier):
         for top_offset in range(0, min(step, height - q + 1), sh):
             for left_offset in range(0, min(step, width - q + 1), sw):
                 evidence = module.core.patch_logits(x[:, :, top_offset:, left_offset:])
-                out[:, :, top_offset // sh :: step // sh, left_offset // sw :: step // sw] = evidence
+                rows = slice(top_offset // sh, None, step // sh)
+                cols = slice(left_offset // sw, None, step // sw)
+                out[:, :, rows, cols] = evidence
         return out

@@ -45,7 +45,8 @@ def _reference_state_dict_shapes(kernel3, layers=(3, 4, 6, 3), width=64, n_class
     shapes = {"conv1.weight": (width, 3, 1, 1), "conv2.weight": (width, width, 3, 3)}
 
     def bn(prefix, n):
-        shapes.update({f"{prefix}.{k}": (n,) for k in ("weight", "bias", "running_mean", "running_var")})
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{k}"] = (n,)
         shapes[f"{prefix}.num_batches_tracked"] = ()
 
     bn("bn1", width)
@@ -80,10 +81,13 @@ def test_parameter_counts_match_published(patch_size, expected):
 
 @pytest.mark.parametrize("patch_size", [9, 17, 33])
 def test_reference_state_dict_loads_strictly(patch_size):
-    shapes = _reference_state_dict_shapes(KERNEL3[patch_size], layers=(2, 1, 2, 1), width=4, n_classes=7)
+    shapes = _reference_state_dict_shapes(
+        KERNEL3[patch_size], layers=(2, 1, 2, 1), width=4, n_classes=7
+    )
     gen = torch.Generator().manual_seed(patch_size)
     state = {
-        k: (torch.tensor(3) if s == () else torch.rand(s, generator=gen)) for k, s in shapes.items()
+        k: torch.tensor(3) if s == () else torch.rand(s, generator=gen)
+        for k, s in shapes.items()
     }
     model = CONSTRUCTORS[patch_size](n_classes=7, width=4, layers=(2, 1, 2, 1))
     model.load_state_dict(state, strict=True)

@@ -327,8 +327,9 @@ class InputAffine(nn.Module):
     def __init__(self, net, scale, shift):
         super().__init__()
         self.net = net
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32).view(1, -1, 1, 1))
+        shape = (1, -1, 1, 1)
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).view(shape))
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32).view(shape))
 
     def forward(self, x):
         return self.net(x * self.scale + self.shift)
