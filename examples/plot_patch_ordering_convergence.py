@@ -55,7 +55,6 @@ if archive is not None:
     patch_size, source = 4, "CIFAR-10 (JPEG copy), 4,000 train / 500 test"
 else:
     images, target = load_digits_images(return_X_y=True)
-    images = (images * (255 / 16)).astype(np.uint8)
     X_train, y_train = images[:1200], target[:1200]
     X_test, y_test = images[1200:], target[1200:]
     patch_size, source = 2, "digits, 1,200 train / 597 test"
