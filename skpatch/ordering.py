@@ -149,7 +149,8 @@ def _greedy_chain(cost, reference):
     """
     n, n_patches, _ = cost.shape
     # finite stand-ins for +-inf (PSNR of identical patches) keep "used" apart
-    cost = np.nan_to_num(cost, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
+    largest = np.finfo(np.float64).max
+    cost = np.nan_to_num(cost, posinf=largest, neginf=-largest)
     rows = np.arange(n)
     permutation = np.empty((n, n_patches), dtype=np.intp)
     permutation[:, 0] = reference
@@ -191,6 +192,7 @@ def _order(
     ordered = images.copy()
     permutation = np.empty((n, n_patches), dtype=np.intp)
     covered = (slice(0, grid_h * patch_h), slice(0, grid_w * patch_w))
+
     def order_chunk(batch):
         chunk = images[batch, covered[0], covered[1]]
         patches = extract_patches(chunk, patch_size, stride=patch_size).reshape(
