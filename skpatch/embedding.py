@@ -26,8 +26,9 @@ __all__ = ["PatchDictionaryEmbedding"]
 
 # Coates et al.'s brightness/contrast regularizer 10 on 0-255 pixels, on [0, 1]
 _CONTRAST_REG = 10.0 / 255.0**2
-# below this k, faiss's exact search beats GEMM + top-k on CPU (bench_embedding_knn)
-_FAISS_MAX_K = 16
+# for 2 <= k <= this, faiss's search beats GEMM + selection on CPU (measured:
+# k = 1 is a GEMM + argmax, and from k = 8 the GEMM + partition path wins)
+_FAISS_MAX_K = 4
 
 
 class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
@@ -88,10 +89,11 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         and the dictionary; all patches when the images have fewer.
     knn_backend : {'auto', 'faiss', 'gemm'}, default='auto'
         ``'faiss'``: faiss ``IndexFlatL2.search``; ``'gemm'``: one torch GEMM
-        and an unsorted ``torch.topk``. ``'auto'`` uses faiss for
-        ``k <= 16`` on CPU and the GEMM path otherwise (much faster at large
-        k, where faiss's heap selection dominates). Same neighbour sets up to
-        ties.
+        and a per-row selection (:func:`numpy.partition` on CPU,
+        ``torch.topk`` on CUDA; an argmax for ``k = 1``). ``'auto'`` uses
+        faiss for ``2 <= k <= 4`` on CPU and the GEMM path otherwise (much
+        faster at large k, where faiss's heap selection dominates). Same
+        neighbour sets up to ties.
     batch_size : int or 'auto', default='auto'
         Images encoded per chunk; ``'auto'`` fits a chunk in scikit-learn's
         ``working_memory``. The output does not depend on it.
@@ -440,6 +442,10 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             "projection": torch.as_tensor(self._full_projection, device=device),
         }
         state["atom_sq_norms"] = (state["atoms"] ** 2).sum(dim=1)
+        state["score_weight"] = 2.0 * state["whitening"] @ state["atoms"].T
+        state["score_bias"] = (
+            -(state["mean"] @ state["score_weight"]) - state["atom_sq_norms"]
+        )
         state["pool"] = _encodings.pool_matrix(state["region"], state["counts"])
         start = time.perf_counter()
         with torch.inference_mode():
@@ -462,20 +468,32 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             -1, view.shape[3] * view.shape[4] * view.shape[5]
         )
         patches = torch.from_numpy(self._normalize(patches)).to(device)
-        whitened = (patches - state["mean"]) @ state["whitening"]
         n_images, n_atoms, k = images.shape[0], self.atoms_.shape[0], self.n_neighbors_
         signs = (1.0, -1.0) if self.both_signs else (1.0,)
         backend = self._knn_backend(device)
         pool = state["pool"]
+        if backend == "faiss" or self.encoding != "hard":
+            whitened = (patches - state["mean"]) @ state["whitening"]
 
         if backend == "gemm":
-            products = whitened @ state["atoms"].T
-            sq_norms = (whitened**2).sum(dim=1, keepdim=True)
+            # 2 q.a - |a|^2 with q = (x - mean) W: one GEMM on the raw patches
+            positive = torch.addmm(state["score_bias"], patches, state["score_weight"])
+            if self.encoding == "triangle":
+                sq_norms = (whitened**2).sum(dim=1, keepdim=True)
         codes = []
         for sign in signs:
             if backend == "gemm":
                 # 2 s q.a - |a|^2 ranks atoms by distance to s q; one GEMM serves both signs
-                scores = (2.0 * sign) * products - state["atom_sq_norms"]
+                if sign > 0:
+                    scores = positive if len(signs) == 1 else positive.clone()
+                else:
+                    scores = positive.neg_().sub_(state["atom_sq_norms"], alpha=2.0)
+                if k == 1 and self.encoding == "hard":
+                    indices = scores.argmax(dim=1, keepdim=True)
+                    codes.append(_encodings.encode_hard_sparse(
+                        indices, n_images, state["region"], pool.shape[0], n_atoms
+                    ))
+                    continue
                 mask = _faiss.select_mask(scores, k)
                 if self.encoding == "triangle":
                     scores.neg_().add_(sq_norms)  # in place: now |s q - a|^2
@@ -509,7 +527,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     def _knn_backend(self, device):
         if self.knn_backend != "auto":
             return self.knn_backend
-        if device == "cpu" and self.n_neighbors_ <= _FAISS_MAX_K:
+        if device == "cpu" and 1 < self.n_neighbors_ <= _FAISS_MAX_K:
             return "faiss"
         return "gemm"
 
