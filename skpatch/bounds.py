@@ -299,13 +299,22 @@ def generalization_bound(
 
 
 def _select_named_columns(X):
-    """Reorder a DataFrame holding the named columns; others pass unchanged."""
+    """Reorder a DataFrame holding the named columns; others pass unchanged.
+
+    Columns other than the named ones are an error, not silently dropped.
+    """
     columns = getattr(X, "columns", None)
     if columns is None:
         return X
     present = {str(c) for c in columns}
     if not set(FEATURE_NAMES[:6]) <= present:
         return X
+    extra = sorted(present - set(FEATURE_NAMES))
+    if extra:
+        raise ValueError(
+            f"X has columns {extra} besides the bound's settings {FEATURE_NAMES}; "
+            "select the settings columns first."
+        )
     return X[[name for name in FEATURE_NAMES if name in present]]
 
 

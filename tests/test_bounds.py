@@ -436,3 +436,20 @@ def test_import_does_not_load_torch_or_faiss():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dataframe_with_extra_columns_is_an_error_not_silently_dropped():
+    pd = pytest.importorskip("pandas")
+    from skpatch.bounds import FEATURE_NAMES
+
+    frame = pd.DataFrame(
+        [[50000, 10, 32, 32, 3, 8]], columns=list(FEATURE_NAMES[:6])
+    ).assign(dataset="CIFAR-10")
+    with pytest.raises(ValueError, match=r"columns \['dataset'\] besides"):
+        PatchBoundPredictor().fit(frame, [0.2])
+    # the settings alone are accepted, and equal the plain-array prediction
+    settings = frame[list(FEATURE_NAMES[:6])]
+    predictor = PatchBoundPredictor(calibrate=()).fit(settings, [0.2])
+    np.testing.assert_allclose(
+        predictor.predict(settings), predictor.predict(settings.to_numpy(float))
+    )
