@@ -215,6 +215,37 @@ def _kernel(measure, features_a, features_b, n_pixels, is_uint8):
     raise ValueError(f"unknown measure {measure!r}")
 
 
+# measures with m(a, b) == m(b, a)
+_SYMMETRIC = {"mutual_information", "joint_entropy", "l1", "l2", "ssim", "psnr"}
+
+
+def _pairwise(measure, values, n_bins):
+    """Measure of every ordered patch pair: ``(n, P, P)``; ``[i, a, b] = m(a, b)``.
+
+    Filled one pair offset ``d`` at a time: entries ``(a, a + d)`` of all images
+    come from one vectorized kernel call on two shifted slices.
+    """
+    n, n_patches, _, n_pixels = values.shape
+    features = _features(measure, values, n_bins)
+    is_uint8 = _is_uint8(values)
+    flat = np.empty((n, n_patches * n_patches), dtype=np.float64)
+    step = n_patches + 1
+    for offset in range(n_patches):
+        count = n_patches - offset
+        head = tuple(f[:, :count] for f in features)
+        tail = tuple(f[:, offset:] for f in features)
+        upper = _kernel(measure, head, tail, n_pixels, is_uint8)
+        start = offset
+        flat[:, start : start + (count - 1) * step + 1 : step] = upper
+        if offset:
+            lower = upper if measure in _SYMMETRIC else _kernel(
+                measure, tail, head, n_pixels, is_uint8
+            )
+            start = offset * n_patches
+            flat[:, start : start + (count - 1) * step + 1 : step] = lower
+    return flat.reshape(n, n_patches, n_patches)
+
+
 # ---------------------------------------------------------------- public API
 
 

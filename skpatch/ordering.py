@@ -25,8 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._measures import (
     _features,
-    _is_uint8,
-    _kernel,
+    _pairwise,
     _standalone,
     joint_entropy,
     kl_divergence,
@@ -72,7 +71,6 @@ SIMILARITY_MEASURES = {
     "ssim": True,
     "psnr": True,
 }
-_SYMMETRIC = {"mutual_information", "joint_entropy", "l1", "l2", "ssim", "psnr"}
 _MEASURES = set(STANDALONE_MEASURES) | set(SIMILARITY_MEASURES)
 _SIZE = [Interval(Integral, 1, None, closed="left"), tuple, list]
 # elements of one (chunk, n_patches, C, N) feature array; keeps temporaries in cache
@@ -113,33 +111,6 @@ def _check_reference(reference, n_patches):
             f"reference={reference} is not a patch index: the images hold "
             f"{n_patches} patches, so reference must be in [0, {n_patches - 1}]."
         )
-
-
-def _pairwise(measure, values, n_bins):
-    """Measure of every ordered patch pair: ``(n, P, P)``; ``[i, a, b] = m(a, b)``.
-
-    Filled one pair offset ``d`` at a time: entries ``(a, a + d)`` of all images
-    come from one vectorized kernel call on two shifted slices.
-    """
-    n, n_patches, _, n_pixels = values.shape
-    features = _features(measure, values, n_bins)
-    is_uint8 = _is_uint8(values)
-    flat = np.empty((n, n_patches * n_patches), dtype=np.float64)
-    step = n_patches + 1
-    for offset in range(n_patches):
-        count = n_patches - offset
-        head = tuple(f[:, :count] for f in features)
-        tail = tuple(f[:, offset:] for f in features)
-        upper = _kernel(measure, head, tail, n_pixels, is_uint8)
-        start = offset
-        flat[:, start : start + (count - 1) * step + 1 : step] = upper
-        if offset:
-            lower = upper if measure in _SYMMETRIC else _kernel(
-                measure, tail, head, n_pixels, is_uint8
-            )
-            start = offset * n_patches
-            flat[:, start : start + (count - 1) * step + 1 : step] = lower
-    return flat.reshape(n, n_patches, n_patches)
 
 
 def _greedy_chain(cost, reference):
