@@ -474,6 +474,25 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         logits = self._decision_logits(X)
         return self.classes_[np.argmax(logits, axis=1)]
 
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy of :meth:`predict` on ``X`` against ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+            Images.
+        y : array-like of shape (n,)
+            True labels.
+        sample_weight : array-like of shape (n,), default=None
+            Weights of the images.
+
+        Returns
+        -------
+        score : float
+            :func:`sklearn.metrics.accuracy_score` of the predictions.
+        """
+        return super().score(X, y, sample_weight=sample_weight)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = True
