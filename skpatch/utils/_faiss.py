@@ -1,9 +1,10 @@
-"""Nearest-atom search for the patch dictionary: faiss and a GEMM + top-k path.
+"""Nearest-atom search for the patch dictionary: faiss and a GEMM + selection path.
 
-faiss (k-means, exact L2 index, GPU search, small k) and torch (GEMM followed
-by an unsorted ``torch.topk``, much faster than faiss's heap selection at
-large k on CPU) are both imported inside the functions, so importing this
-module stays cheap. Both paths return the same neighbour sets up to ties.
+faiss (k-means, exact L2 index, GPU search, small k) and the selection of
+the k largest GEMM scores per row (:func:`numpy.partition` on CPU,
+``torch.topk`` on CUDA; much faster than faiss's heap selection at large k)
+are both imported inside the functions, so importing this module stays
+cheap. Both paths return the same neighbour sets up to ties.
 """
 
 import numpy as np
