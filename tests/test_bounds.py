@@ -449,7 +449,8 @@ def test_dataframe_with_extra_columns_is_an_error_not_silently_dropped():
         PatchBoundPredictor().fit(frame, [0.2])
     # the settings alone are accepted, and equal the plain-array prediction
     settings = frame[list(FEATURE_NAMES[:6])]
-    predictor = PatchBoundPredictor(calibrate=()).fit(settings, [0.2])
+    by_name = PatchBoundPredictor(calibrate=()).fit(settings, [0.2])
+    plain = PatchBoundPredictor(calibrate=()).fit(settings.to_numpy(float), [0.2])
     np.testing.assert_allclose(
-        predictor.predict(settings), predictor.predict(settings.to_numpy(float))
+        by_name.predict(settings), plain.predict(settings.to_numpy(float))
     )
