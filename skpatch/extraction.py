@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.metaestimators import available_if
@@ -96,23 +96,22 @@ def _extract_flat(images, patch_size, stride, pads):
     grid_h, grid_w = _grid_shape((height, width), patch_size, stride, pads)
     padded = np.ascontiguousarray(_pad(images, pads))
     row = padded.strides[1]  # bytes per (padded) image row
-    item = padded.itemsize
+    run = np.dtype((np.void, patch_size[1] * channels * padded.itemsize))
     # each patch row is one contiguous run of pw * C values of an image row;
-    # copying runs of that length is several times faster than the 6-D view,
-    # whose innermost run is only C values
-    runs = as_strided(
-        padded,
-        shape=(n, grid_h, grid_w, patch_size[0], patch_size[1] * channels),
+    # viewing a run as a single opaque item lets numpy copy it as one memcpy
+    # instead of paying its per-loop overhead on runs of only C values
+    runs = np.ndarray(
+        (n, grid_h, grid_w, patch_size[0]),
+        dtype=run,
+        buffer=padded,
         strides=(
             padded.strides[0],
             row * stride[0],
-            channels * item * stride[1],
+            channels * padded.itemsize * stride[1],
             row,
-            item,
         ),
-        writeable=False,
     )
-    out = np.empty(runs.shape, dtype=images.dtype)
+    out = np.empty(runs.shape, dtype=run)
     per_image = max(1, out[:1].nbytes)
     chunk = max(1, _CHUNK_BYTES // per_image)
     starts = range(0, n, chunk)
@@ -128,7 +127,7 @@ def _extract_flat(images, patch_size, stride, pads):
     else:
         for start in starts:
             copy_chunk(start)
-    return out.reshape(n, -1)
+    return out.view(images.dtype).reshape(n, -1)
 
 
 _SIZE = [Interval(Integral, 1, None, closed="left"), tuple, list]
