@@ -20,6 +20,8 @@ popcount of two bit masks ("pixels in my bin" of patch 1 AND of patch 2),
 which makes a joint histogram cost ``O(N)`` instead of ``O(n_bins**2)``.
 """
 
+import warnings
+
 import numpy as np
 
 __all__ = [
@@ -62,6 +64,16 @@ def _bin_indices(values, n_bins):
     if _is_uint8(values):
         bins = values.astype(np.int64) * n_bins // 255
     else:
+        if values.size and (values.min() < 0 or values.max() > 1):
+            # histograms need a known range: say so instead of clipping silently
+            warnings.warn(
+                "Histogram measures read non-uint8 images as intensities in "
+                f"[0, 1], but values span [{float(values.min()):g}, "
+                f"{float(values.max()):g}]; values outside [0, 1] fall into the "
+                "first or last bin. Scale the images to [0, 1] (or pass uint8).",
+                UserWarning,
+                stacklevel=3,
+            )
         bins = np.floor(values.astype(np.float64) * n_bins)
     return np.clip(bins, 0, n_bins - 1).astype(np.intp)
 

@@ -6,6 +6,7 @@ hand-worked images, and a slow per-image greedy chain written in Python.
 """
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -349,3 +350,17 @@ def test_paper_worked_example():
     # published order: grey, green, pink, blue
     _, perm = order_patches(image[None], 3, n_bins=2)
     np.testing.assert_array_equal(perm, [[0, 3, 2, 1]])
+
+
+def test_histogram_measures_warn_on_values_outside_unit_range():
+    from skpatch.ordering import PatchOrderer
+
+    images = np.random.default_rng(0).random((2, 8, 8)) * 255.0  # float, 0..255
+    with pytest.warns(UserWarning, match=r"values span \[.*\]; values outside \[0, 1\]"):
+        PatchOrderer(patch_size=4, measure="mutual_information").fit_transform(images)
+    in_range = images / 255.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PatchOrderer(patch_size=4, measure="mutual_information").fit_transform(in_range)
+        # distance measures need no histogram range: no warning on any scale
+        PatchOrderer(patch_size=4, measure="l2").fit_transform(images)
