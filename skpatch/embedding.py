@@ -84,6 +84,20 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         (1 = global average). Mean rather than sum: a sum is the mean times
         the region size, which a following ``StandardScaler`` removes, but the
         mean keeps features comparable when regions differ in size.
+    power : float, default=1.0
+        Raise the pooled features to this power, keeping their sign (0.5 is
+        the signed square root, the "power normalization" of Perronnin et
+        al. for pooled histograms). 1 leaves them as they are.
+    flip_invariant : bool, default=False
+        Make the features of an image and of its horizontal mirror equal.
+        The whitening is fitted on the sampled patches and their mirrors, the
+        dictionary is ``n_atoms / 2`` atoms and their mirror images, and each
+        pooled code is added to the code of the mirrored image, which is a
+        permutation of the same codes (no second encoding). A linear model on
+        these features is a linear model trained on flip-augmented data and
+        averaged over both flips at prediction. One feature is kept per
+        (atom, mirror atom) pair, so the output has half the features.
+        ``n_atoms`` must be even.
     n_patches_fit : int, default=262144
         Number of patches sampled (without replacement) to fit the whitening
         and the dictionary; all patches when the images have fewer.
@@ -126,7 +140,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         Patch positions per image.
     n_features_out_ : int
         ``(2 if both_signs else 1) * pooling**2 * n_atoms``, times
-        ``n_full_components`` for ``'full'``.
+        ``n_full_components`` for ``'full'``, halved by ``flip_invariant``.
+    mirror_atoms_ : ndarray of shape (n_atoms,), int64
+        Only with ``flip_invariant``: the index of each atom's mirror image.
     image_shape_ : tuple (H, W, C)
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in,)
@@ -185,6 +201,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         "n_full_components": [Interval(Integral, 1, None, closed="left")],
         "patch_normalize": ["boolean"],
         "pooling": [Interval(Integral, 1, None, closed="left")],
+        "power": [Interval(Real, 0, None, closed="neither")],
+        "flip_invariant": ["boolean"],
         "n_patches_fit": [Interval(Integral, 1, None, closed="left")],
         "knn_backend": [StrOptions({"auto", "faiss", "gemm"})],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
@@ -209,6 +227,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         n_full_components=8,
         patch_normalize=False,
         pooling=2,
+        power=1.0,
+        flip_invariant=False,
         n_patches_fit=262144,
         knn_backend="auto",
         batch_size="auto",
@@ -229,6 +249,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self.n_full_components = n_full_components
         self.patch_normalize = patch_normalize
         self.pooling = pooling
+        self.power = power
+        self.flip_invariant = flip_invariant
         self.n_patches_fit = n_patches_fit
         self.knn_backend = knn_backend
         self.batch_size = batch_size
@@ -260,9 +282,20 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             )
         n_total = images.shape[0] * grid[0] * grid[1]
         self._n_sampled = min(int(self.n_patches_fit), n_total)
-        if self.dictionary != "gaussian" and self.n_atoms > self._n_sampled:
+        if self.flip_invariant and self.n_atoms % 2:
             raise ValueError(
-                f"n_atoms={self.n_atoms} is larger than the {self._n_sampled} "
+                f"n_atoms={self.n_atoms} must be even with flip_invariant=True "
+                "(n_atoms / 2 atoms and their mirror images)."
+            )
+        n_base = self.n_atoms // 2 if self.flip_invariant else self.n_atoms
+        if self.dictionary != "gaussian" and n_base > self._n_sampled:
+            what = (
+                f"n_atoms / 2 = {n_base} (flip_invariant=True)"
+                if self.flip_invariant
+                else f"n_atoms={self.n_atoms}"
+            )
+            raise ValueError(
+                f"{what} is larger than the {self._n_sampled} "
                 f"patches sampled from {images.shape[0]} sample(s) "
                 f"(n_patches_fit={self.n_patches_fit}); lower n_atoms or pass "
                 "more images."
@@ -313,11 +346,15 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
 
         patches = self._sample_patches(images, random_state)
         patches = self._normalize(patches)
-        self._fit_whitening(patches)
+        if self.flip_invariant:
+            # a flip-symmetric mean and covariance: the whitening commutes with the mirror
+            self._fit_whitening(np.concatenate([patches, patches[:, self._mirror_dims()]]))
+        else:
+            self._fit_whitening(patches)
         whitened = (patches - self.mean_) @ self.whitening_
         self._log(f"whitened {patches.shape[0]} patches", start)
 
-        n_atoms = int(self.n_atoms)
+        n_atoms = int(self.n_atoms) // 2 if self.flip_invariant else int(self.n_atoms)
         if self.dictionary == "kmeans":
             atoms = _faiss.faiss_kmeans(
                 whitened,
@@ -330,6 +367,11 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             atoms = whitened[np.sort(chosen)]
         else:
             atoms = random_state.standard_normal((n_atoms, whitened.shape[1]))
+        if self.flip_invariant:
+            # atom i + n_atoms/2 is the mirror image of atom i, in the whitened space
+            atoms = np.concatenate([atoms, atoms @ self._whitened_mirror()])
+            self.mirror_atoms_ = np.roll(np.arange(2 * n_atoms), n_atoms)
+            n_atoms *= 2
         self.atoms_ = np.ascontiguousarray(atoms, dtype=np.float32)
         self.index_ = _faiss.build_index(self.atoms_, use_gpu=device.startswith("cuda"))
         self._log(f"built a {self.dictionary!r} dictionary of {n_atoms} atoms", start)
@@ -338,8 +380,26 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self.patch_grid_shape_ = self._grid
         n_signs = 2 if self.both_signs else 1
         per_atom = self.n_full_components if self.encoding == "full" else 1
-        self.n_features_out_ = n_signs * self.pooling**2 * n_atoms * per_atom
+        kept = n_atoms // 2 if self.flip_invariant else n_atoms
+        self.n_features_out_ = n_signs * self.pooling**2 * kept * per_atom
         return self
+
+    def _mirror_dims(self):
+        """Permutation of a patch row's ``(ph, pw, C)`` entries that mirrors it left-right."""
+        ph, pw = self._patch_size
+        channels = self.image_shape_[2]
+        return np.arange(ph * pw * channels).reshape(ph, pw, channels)[:, ::-1].ravel()
+
+    def _whitened_mirror(self):
+        """``M`` with ``mirror(x) -> q M`` for whitened rows ``q = (x - mean) W``.
+
+        ``M = W^-1 P W`` with ``P`` the mirror permutation; ``P`` itself for
+        ZCA (and no whitening), whose ``W`` commutes with ``P`` once the
+        covariance is flip-symmetric.
+        """
+        whitening = self.whitening_.astype(np.float64)
+        permutation = np.eye(whitening.shape[0])[self._mirror_dims()].T
+        return np.linalg.solve(whitening, permutation @ whitening)
 
     def _sample_patches(self, images, random_state):
         """``n_patches_fit`` patches drawn without replacement, as float32 rows."""
@@ -447,6 +507,18 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             -(state["mean"] @ state["score_weight"]) - state["atom_sq_norms"]
         )
         state["pool"] = _encodings.pool_matrix(state["region"], state["counts"])
+        if self.flip_invariant:
+            # each position summed again into the region of its mirror position
+            gh, gw = self.patch_grid_shape_
+            mirrored = region.reshape(gh, gw)[:, ::-1].ravel()
+            state["region_mirror"] = torch.as_tensor(mirrored, device=device)
+            state["pool_mirror"] = _encodings.pool_matrix(
+                state["region_mirror"], state["counts"]
+            )
+            projection = self._whitened_mirror() @ self._full_projection.astype(np.float64)
+            state["projection_mirror"] = torch.as_tensor(
+                projection.astype(np.float32), device=device
+            )
         start = time.perf_counter()
         with torch.inference_mode():
             for batch in gen_batches(n_images, self._chunk_size(n_images)):
@@ -490,9 +562,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                     scores = positive.neg_().sub_(state["atom_sq_norms"], alpha=2.0)
                 if k == 1 and self.encoding == "hard":
                     indices = scores.argmax(dim=1, keepdim=True)
-                    codes.append(_encodings.encode_hard_sparse(
-                        indices, n_images, state["region"], pool.shape[0], n_atoms
-                    ))
+                    codes.append(self._pool_sparse(indices, n_images, state))
                     continue
                 mask = _faiss.select_mask(scores, k)
                 if self.encoding == "triangle":
@@ -503,26 +573,67 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 dist, idx = _faiss.index_search(self._get_index(), queries, k)
                 indices = torch.from_numpy(idx).to(device)
                 if self.encoding == "hard":
-                    counts = _encodings.encode_hard_sparse(
-                        indices, n_images, state["region"], pool.shape[0], n_atoms
-                    )
-                    codes.append(counts)
+                    codes.append(self._pool_sparse(indices, n_images, state))
                     continue
                 mask = _faiss.indices_to_mask(indices, n_atoms)
                 sq_dist = torch.zeros_like(mask).scatter_(
                     1, indices, torch.from_numpy(dist).to(device)
                 )
-            if self.encoding == "hard":
-                codes.append(_encodings.encode_hard(mask, n_images, pool))
-            elif self.encoding == "triangle":
-                codes.append(_encodings.encode_triangle(sq_dist, mask, k, n_images, pool))
+            if self.encoding == "triangle":
+                mask = _encodings.triangle_values(sq_dist, mask, k)
+            if self.encoding == "full":
+                vectors = [(sign * whitened) @ state["projection"]]
+                if self.flip_invariant:
+                    vectors.append((sign * whitened) @ state["projection_mirror"])
+                codes.append(self._pool_dense(mask, n_images, state, vectors))
             else:
-                reduced = (sign * whitened) @ state["projection"]
-                codes.append(_encodings.encode_full(reduced, mask, n_images, pool))
+                codes.append(self._pool_dense(mask, n_images, state))
         codes = torch.stack(codes, dim=1)
         # mean pooling: region sums over region sizes, the same on every path
         sizes = state["counts"].reshape((1, 1, -1) + (1,) * (codes.ndim - 3))
-        return codes / sizes
+        codes = codes / (2 * sizes if self.flip_invariant else sizes)
+        if self.power != 1:
+            codes = codes.abs().pow_(self.power).mul_(codes.sign())
+        return codes
+
+    def _pool_dense(self, values, n_images, state, vectors=None):
+        """Region sums ``(b, R, Q'[, r])`` of dense per-patch codes ``(b * P, Q)``.
+
+        ``vectors`` is None for 'hard' and 'triangle' and, for 'full', the
+        pair (reduced patches, reduced mirrored patches) ``(b * P, r)``. With
+        ``flip_invariant`` the first half of the atoms is summed over the
+        regions and the second half (their mirrors) over the mirrored regions:
+        the code of the image plus the code of its mirror image.
+        """
+        from . import _encodings
+
+        def pool(values, regions, which):
+            if vectors is None:
+                return _encodings.encode_hard(values, n_images, regions)
+            return _encodings.encode_full(vectors[which], values, n_images, regions)
+
+        if not self.flip_invariant:
+            return pool(values, state["pool"], 0)
+        half = values.shape[1] // 2
+        return pool(values[:, :half], state["pool"], 0) + pool(
+            values[:, half:], state["pool_mirror"], 1
+        )
+
+    def _pool_sparse(self, indices, n_images, state):
+        """:meth:`_pool_dense` of 'hard' codes given as neighbour indices ``(b * P, k)``."""
+        from . import _encodings
+
+        n_regions, n_atoms = state["counts"].shape[0], self.atoms_.shape[0]
+        counts = _encodings.encode_hard_sparse(
+            indices, n_images, state["region"], n_regions, n_atoms
+        )
+        if not self.flip_invariant:
+            return counts
+        half = n_atoms // 2
+        mirrored = _encodings.encode_hard_sparse(
+            indices, n_images, state["region_mirror"], n_regions, n_atoms
+        )
+        return counts[..., :half] + mirrored[..., half:]
 
     def _knn_backend(self, device):
         if self.knn_backend != "auto":
@@ -556,6 +667,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features=None):
         """Names ``<prefix>_<sign>_r<i>_<j>_a<atom>[_c<component>]`` of the output features.
 
+        With ``flip_invariant``, feature ``a<atom>`` of region ``(i, j)`` also
+        holds the mirror atom ``mirror_atoms_[atom]`` of the mirrored region.
+
         Parameters
         ----------
         input_features : array-like of str or None, default=None
@@ -570,7 +684,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         prefix = type(self).__name__.lower()
         signs = ["pos", "neg"] if self.both_signs else ["pos"]
         regions = [f"r{i}_{j}" for i in range(self.pooling) for j in range(self.pooling)]
-        atoms = [f"a{a}" for a in range(self.atoms_.shape[0])]
+        n_kept = self.atoms_.shape[0] // 2 if self.flip_invariant else self.atoms_.shape[0]
+        atoms = [f"a{a}" for a in range(n_kept)]
         names = [f"{prefix}_{s}_{r}_{a}" for s in signs for r in regions for a in atoms]
         if self.encoding == "full":
             comps = [f"c{c}" for c in range(self.n_full_components)]

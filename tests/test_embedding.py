@@ -309,6 +309,87 @@ def test_beats_raw_pixels_on_digits():
     assert acc > raw_acc + 0.01, (acc, raw_acc)
 
 
+def _mirror(X):
+    return np.ascontiguousarray(np.asarray(X)[:, :, ::-1])
+
+
+@pytest.mark.parametrize(
+    "encoding, n_neighbors, extra",
+    [
+        ("hard", 5, {}),
+        ("hard", 1, {}),  # argmax path
+        ("hard", 3, {"knn_backend": "faiss"}),
+        ("triangle", 5, {}),
+        ("full", 5, {"n_full_components": 3}),
+        ("hard", 5, {"whiten": "pca"}),
+        ("hard", 5, {"whiten": None, "patch_normalize": True}),
+    ],
+)
+@pytest.mark.parametrize("pooling", [1, 2, 3])
+def test_flip_invariant_codes_are_image_plus_mirror_image(encoding, n_neighbors, extra, pooling):
+    # 8 x 9 patch grid: with pooling 2 the column regions {0..4}, {5..8} are not
+    # mirror images of each other, which the mirrored pooling must handle
+    X = _images(n=6, size=12)[:, :11]
+    emb = PatchDictionaryEmbedding(
+        patch_size=4, n_atoms=16, n_neighbors=n_neighbors, encoding=encoding,
+        both_signs=True, pooling=pooling, flip_invariant=True, random_state=0, **extra,
+    ).fit(X)
+    codes = emb.transform(X)
+    assert codes.shape[1] == emb.n_features_out_ == 2 * pooling**2 * 8 * (
+        3 if encoding == "full" else 1
+    )
+    assert_allclose(emb.transform(_mirror(X)), codes, atol=1e-6)
+    # the same atoms without the symmetrization, on the image and on its mirror
+    plain = pickle.loads(pickle.dumps(emb))
+    plain.flip_invariant = False
+    plain.n_features_out_ = 2 * emb.n_features_out_
+    shape = (X.shape[0], 2, pooling**2, 16, -1)
+    both = (plain.transform(X).reshape(shape) + plain.transform(_mirror(X)).reshape(shape)) / 2
+    assert_allclose(codes, both[:, :, :, :8].reshape(X.shape[0], -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("whiten", ["zca", "pca"])
+def test_flip_invariant_dictionary_is_mirror_closed(whiten):
+    X = _images(n=10, size=8)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=12, n_neighbors=3, whiten=whiten, flip_invariant=True,
+        random_state=0,
+    ).fit(X)
+    whitening = emb.whitening_.astype(np.float64)
+    # back to pixel space, mirror each 3 x 3 x 3 patch, whiten again
+    pixels = emb.atoms_.astype(np.float64) @ np.linalg.inv(whitening) + emb.mean_
+    mirrored = pixels.reshape(-1, 3, 3, 3)[:, :, ::-1].reshape(12, -1)
+    rewhitened = (mirrored - emb.mean_) @ whitening
+    assert_allclose(rewhitened, emb.atoms_[emb.mirror_atoms_], atol=1e-4)
+    assert_array_equal(emb.mirror_atoms_[emb.mirror_atoms_], np.arange(12))
+    # the whitening was fitted on a flip-symmetric sample: the mean is symmetric
+    mean = emb.mean_.reshape(3, 3, 3)
+    assert_allclose(mean, mean[:, ::-1], atol=1e-6)
+
+
+def test_flip_invariant_feature_names():
+    X = _images(n=5)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=6, n_neighbors=2, pooling=2, flip_invariant=True,
+        random_state=0,
+    ).fit(X)
+    names = emb.get_feature_names_out()
+    assert len(names) == emb.n_features_out_ == 4 * 3 == emb.transform(X).shape[1]
+    assert names[-1] == "patchdictionaryembedding_pos_r1_1_a2"
+
+
+@pytest.mark.parametrize("encoding", ["hard", "full"])
+def test_power_is_signed_power_of_the_pooled_codes(encoding):
+    X = _images(n=5)
+    params = dict(patch_size=3, n_atoms=8, n_neighbors=3, encoding=encoding,
+                  n_full_components=2, pooling=2, random_state=0)
+    linear = PatchDictionaryEmbedding(**params).fit(X).transform(X)
+    rooted = PatchDictionaryEmbedding(power=0.5, **params).fit(X).transform(X)
+    if encoding == "full":
+        assert (linear < 0).any()  # the signed case is exercised
+    assert_allclose(rooted, np.sign(linear) * np.sqrt(np.abs(linear)), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize(
     "params, match",
     [
@@ -321,6 +402,9 @@ def test_beats_raw_pixels_on_digits():
         (dict(device="gpu"), "device must be"),
         (dict(n_neighbors=1.5), "n_neighbors"),
         (dict(dictionary="random"), "dictionary"),
+        (dict(n_atoms=9, flip_invariant=True), "n_atoms=9 must be even"),
+        (dict(n_atoms=120, flip_invariant=True), r"n_atoms / 2 = 60 \(flip_invariant"),
+        (dict(power=0), "power"),
     ],
 )
 def test_bad_parameters(params, match):
