@@ -94,10 +94,10 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         dictionary is ``n_atoms / 2`` atoms and their mirror images, and each
         pooled code is added to the code of the mirrored image, which is a
         permutation of the same codes (no second encoding). A linear model on
-        these features is a linear model trained on flip-augmented data and
-        averaged over both flips at prediction. One feature is kept per
-        (atom, mirror atom) pair, so the output has half the features.
-        ``n_atoms`` must be even.
+        these features treats an image and its mirror alike, as training on
+        flip-augmented data and averaging both flips at prediction would. One
+        feature is kept per (atom, mirror atom) pair, so the output has half
+        the features. ``n_atoms`` must be even.
     n_patches_fit : int, default=262144
         Number of patches sampled (without replacement) to fit the whitening
         and the dictionary; all patches when the images have fewer.
