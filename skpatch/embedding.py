@@ -275,6 +275,13 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             (size - p) // s + 1
             for size, p, s in zip((height, width), self._patch_size, self._stride)
         )
+        if self.flip_invariant and (width - self._patch_size[1]) % self._stride[1]:
+            raise ValueError(
+                f"flip_invariant=True needs a patch grid that mirrors onto itself: "
+                f"(width - patch width) = {width - self._patch_size[1]} must be a "
+                f"multiple of the horizontal stride {self._stride[1]}; change "
+                "stride or patch_size."
+            )
         if self.pooling > min(grid):
             raise ValueError(
                 f"pooling={self.pooling} regions per side but the patch grid is "

@@ -348,6 +348,16 @@ def test_flip_invariant_codes_are_image_plus_mirror_image(encoding, n_neighbors,
     assert_allclose(codes, both[:, :, :, :8].reshape(X.shape[0], -1), atol=1e-6)
 
 
+def test_flip_invariant_with_stride():
+    # 9-wide images, 3-wide patches, stride 2: positions 0, 2, 4, 6 mirror onto themselves
+    X = _images(n=6, size=9)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, stride=2, n_atoms=8, n_neighbors=3, pooling=2,
+        flip_invariant=True, random_state=0,
+    ).fit(X)
+    assert_allclose(emb.transform(_mirror(X)), emb.transform(X), atol=1e-6)
+
+
 @pytest.mark.parametrize("whiten", ["zca", "pca"])
 def test_flip_invariant_dictionary_is_mirror_closed(whiten):
     X = _images(n=10, size=8)
@@ -405,6 +415,7 @@ def test_power_is_signed_power_of_the_pooled_codes(encoding):
         (dict(n_atoms=9, flip_invariant=True), "n_atoms=9 must be even"),
         (dict(n_atoms=120, flip_invariant=True), r"n_atoms / 2 = 60 \(flip_invariant"),
         (dict(power=0), "power"),
+        (dict(stride=3, flip_invariant=True), "multiple of the horizontal stride 3"),
     ],
 )
 def test_bad_parameters(params, match):
