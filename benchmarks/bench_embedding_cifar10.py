@@ -31,9 +31,9 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
 
 # the best configuration found (see docs/benchmarks.md for the search)
 BEST = dict(
-    embedding=dict(patch_size=6, n_atoms=512, n_neighbors=128, encoding="hard",
+    embedding=dict(patch_size=6, n_atoms=1024, n_neighbors=256, encoding="hard",
                    both_signs=True, pooling=3, dictionary="kmeans",
-                   n_patches_fit=262144),
+                   flip_invariant=True, power=0.5, n_patches_fit=262144),
     C=0.002,
 )
 
@@ -96,6 +96,7 @@ def _row(name, config, result):
     emb = config["embedding"]
     return (f"{name:<24} {emb['n_atoms']:>5} {emb['n_neighbors']:>5} "
             f"{str(emb.get('both_signs', False)):>5} {emb.get('pooling', 2):>4} "
+            f"{str(emb.get('flip_invariant', False)):>5} {emb.get('power', 1.0):>5} "
             f"{config['C']:>6} {result['n_features']:>6} {result['accuracy']:>8.2%} "
             f"{result['seconds']:>8.0f} {result['fit_s']:>7.0f} {result['peak_gb']:>7.2f}")
 
@@ -146,7 +147,7 @@ def main():
     print(f"CIFAR-10 (JPEG copy): {args.n_train} train / {args.n_test} test images, "
           f"{args.threads} thread(s), {os.cpu_count()} CPUs\n")
     print(f"{'encoding / dictionary':<24} {'atoms':>5} {'k':>5} {'both':>5} {'pool':>4} "
-          f"{'C':>6} {'dim':>6} {'accuracy':>8} {'total s':>8} {'fit s':>7} {'peak GB':>7}")
+          f"{'flip':>5} {'power':>5} {'C':>6} {'dim':>6} {'accuracy':>8} {'total s':>8} {'fit s':>7} {'peak GB':>7}")
     results = []
     for name, config in configs:
         result = run_child(config, args)
