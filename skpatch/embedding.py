@@ -29,6 +29,8 @@ _CONTRAST_REG = 10.0 / 255.0**2
 # for 2 <= k <= this, faiss's search beats GEMM + selection on CPU (measured:
 # k = 1 is a GEMM + argmax, and from k = 8 the GEMM + partition path wins)
 _FAISS_MAX_K = 4
+# score buffer of the nearest-atom (k = 1) path: half of a 1 MB L2 cache
+_NEAREST_BLOCK_BYTES = 1 << 19
 
 
 class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
@@ -483,6 +485,13 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             return get_chunk_n_rows(
                 row_bytes=row_bytes, max_n_rows=n_images, working_memory=64
             )
+        if self.n_neighbors_ == 1 and self.encoding == "hard":
+            # no dense buffer either (see _nearest_atoms): the patches, their
+            # codes' slots and indices; large chunks keep the Python overhead low
+            row_bytes = n_positions * (self.atoms_.shape[1] * 4 + 4 * 8)
+            return get_chunk_n_rows(
+                row_bytes=row_bytes, max_n_rows=n_images, working_memory=32
+            )
         per_atom = self.n_full_components if self.encoding == "full" else 1
         # keep each (patches x atoms) float32 buffer near 8 MB: below glibc's
         # mmap threshold, so buffers are reused instead of page-faulted anew
@@ -554,6 +563,13 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         if backend == "faiss" or self.encoding != "hard":
             whitened = (patches - state["mean"]) @ state["whitening"]
 
+        if backend == "gemm" and k == 1 and self.encoding == "hard":
+            # nearest atom only: GEMM and argmax block by block, in cache
+            codes = [
+                self._pool_sparse(self._nearest_atoms(patches, state, sign), n_images, state)
+                for sign in signs
+            ]
+            return self._finish_codes(codes, state)
         if backend == "gemm":
             # 2 q.a - |a|^2 with q = (x - mean) W: one GEMM on the raw patches
             positive = torch.addmm(state["score_bias"], patches, state["score_weight"])
@@ -567,10 +583,6 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                     scores = positive if len(signs) == 1 else positive.clone()
                 else:
                     scores = positive.neg_().sub_(state["atom_sq_norms"], alpha=2.0)
-                if k == 1 and self.encoding == "hard":
-                    indices = scores.argmax(dim=1, keepdim=True)
-                    codes.append(self._pool_sparse(indices, n_images, state))
-                    continue
                 mask = _faiss.select_mask(scores, k)
                 if self.encoding == "triangle":
                     scores.neg_().add_(sq_norms)  # in place: now |s q - a|^2
@@ -595,6 +607,12 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 codes.append(self._pool_dense(mask, n_images, state, vectors))
             else:
                 codes.append(self._pool_dense(mask, n_images, state))
+        return self._finish_codes(codes, state)
+
+    def _finish_codes(self, codes, state):
+        """Stack the per-sign region sums, divide by the region sizes, apply ``power``."""
+        import torch
+
         codes = torch.stack(codes, dim=1)
         # mean pooling: region sums over region sizes, the same on every path
         sizes = state["counts"].reshape((1, 1, -1) + (1,) * (codes.ndim - 3))
@@ -602,6 +620,34 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         if self.power != 1:
             codes = codes.abs().pow_(self.power).mul_(codes.sign())
         return codes
+
+    def _nearest_atoms(self, patches, state, sign):
+        """Index ``(m, 1)`` of the nearest atom to each whitened ``sign * patch``.
+
+        The scores ``2 s q.a - |a|^2`` of a block of rows are written into one
+        reused buffer of about 512 KB and reduced by ``argmax`` while still in
+        cache; the blocks are a fixed size, so the result does not depend on
+        the chunk size.
+        """
+        import torch
+
+        key = "nearest_weights" if sign > 0 else "nearest_weights_neg"
+        if key not in state:
+            weight, bias = state["score_weight"], state["score_bias"]
+            if sign < 0:  # -2 q.a - |a|^2 = -(2 q.a - |a|^2) - 2 |a|^2
+                weight, bias = -weight, -bias - 2.0 * state["atom_sq_norms"]
+            state[key] = (weight.contiguous(), bias.contiguous())
+        weight, bias = state[key]
+        n_rows, n_atoms = patches.shape[0], weight.shape[1]
+        block = max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms))
+        buffer = torch.empty((min(block, n_rows), n_atoms), device=patches.device)
+        indices = torch.empty((n_rows,), dtype=torch.int64, device=patches.device)
+        for start in range(0, n_rows, block):
+            stop = min(start + block, n_rows)
+            scores = buffer[: stop - start]
+            torch.addmm(bias, patches[start:stop], weight, out=scores)
+            torch.argmax(scores, dim=1, out=indices[start:stop])
+        return indices[:, None]
 
     def _pool_dense(self, values, n_images, state, vectors=None):
         """Region sums ``(b, R, Q'[, r])`` of dense per-patch codes ``(b * P, Q)``.

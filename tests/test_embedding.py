@@ -6,6 +6,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 
 from skpatch import PatchDictionaryEmbedding
+import skpatch.embedding as embedding_module
 from skpatch.utils import _faiss
 
 
@@ -82,19 +83,22 @@ def test_whitening_regularization_matches_formula():
     assert_allclose(got, eigenvalues / (eigenvalues + reg), atol=1e-5)
 
 
+@pytest.mark.parametrize("n_neighbors", [5, 1])
 @pytest.mark.parametrize("backend", ["faiss", "gemm"])
 @pytest.mark.parametrize("dictionary", ["kmeans", "data", "gaussian"])
-def test_hard_codes_are_the_brute_force_neighbours(backend, dictionary):
+def test_hard_codes_are_the_brute_force_neighbours(backend, dictionary, n_neighbors, monkeypatch):
+    # k = 1 on the GEMM path scores 7-row blocks: 96 patches end in a partial block
+    monkeypatch.setattr(embedding_module, "_NEAREST_BLOCK_BYTES", 7 * 20 * 4)
     X = _images(n=6, size=6)
     emb = PatchDictionaryEmbedding(
-        patch_size=3, n_atoms=20, n_neighbors=5, dictionary=dictionary, pooling=4,
+        patch_size=3, n_atoms=20, n_neighbors=n_neighbors, dictionary=dictionary, pooling=4,
         both_signs=True, knn_backend=backend, random_state=0,
     ).fit(X)
     codes = _per_position(emb, X)  # pooling 4 on a 4x4 grid: one position per region
     for s, sign in enumerate([1.0, -1.0]):
         got = codes[:, s].reshape(-1, 20)
         assert set(np.unique(got)) == {0.0, 1.0}
-        assert_array_equal(got.sum(axis=1), np.full(got.shape[0], 5.0))
+        assert_array_equal(got.sum(axis=1), np.full(got.shape[0], float(n_neighbors)))
         _, _, nearest = _brute_neighbours(emb, X, sign)
         expected = np.zeros_like(got)
         np.put_along_axis(expected, nearest, 1.0, axis=1)
