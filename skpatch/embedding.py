@@ -29,8 +29,9 @@ _CONTRAST_REG = 10.0 / 255.0**2
 # for 2 <= k <= this, faiss's search beats GEMM + selection on CPU (measured:
 # k = 1 is a GEMM + argmax, and from k = 8 the GEMM + partition path wins)
 _FAISS_MAX_K = 4
-# score buffer of the nearest-atom (k = 1) path: half of a 1 MB L2 cache
-_NEAREST_BLOCK_BYTES = 1 << 19
+# score buffer of the nearest-atom (k = 1) path: 1 MB (256 rows of 1024 atoms)
+# measured best among 128 KB - 4 MB on a 2-core EPYC (512 KB L2 per core)
+_NEAREST_BLOCK_BYTES = 1 << 20
 
 
 class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
@@ -625,7 +626,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         """Index ``(m, 1)`` of the nearest atom to each whitened ``sign * patch``.
 
         The scores ``2 s q.a - |a|^2`` of a block of rows are written into one
-        reused buffer of about 512 KB and reduced by ``argmax`` while still in
+        reused buffer of about 1 MB and reduced by ``argmax`` while still in
         cache; the blocks are a fixed size, so the result does not depend on
         the chunk size.
         """
@@ -642,11 +643,17 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         block = max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms))
         buffer = torch.empty((min(block, n_rows), n_atoms), device=patches.device)
         indices = torch.empty((n_rows,), dtype=torch.int64, device=patches.device)
+        on_cpu = patches.device.type == "cpu"
+        if on_cpu:  # numpy's SIMD argmax: ~9x torch.argmax over rows of 1024 on CPU
+            scores_np, indices_np = buffer.numpy(), indices.numpy()
         for start in range(0, n_rows, block):
             stop = min(start + block, n_rows)
             scores = buffer[: stop - start]
             torch.addmm(bias, patches[start:stop], weight, out=scores)
-            torch.argmax(scores, dim=1, out=indices[start:stop])
+            if on_cpu:
+                np.argmax(scores_np[: stop - start], axis=1, out=indices_np[start:stop])
+            else:
+                torch.argmax(scores, dim=1, out=indices[start:stop])
         return indices[:, None]
 
     def _pool_dense(self, values, n_images, state, vectors=None):
