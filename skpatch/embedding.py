@@ -625,10 +625,10 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     def _nearest_atoms(self, patches, state, sign):
         """Index ``(m, 1)`` of the nearest atom to each whitened ``sign * patch``.
 
-        The scores ``2 s q.a - |a|^2`` of a block of rows are written into one
-        reused buffer of about 1 MB and reduced by ``argmax`` while still in
-        cache; the blocks are a fixed size, so the result does not depend on
-        the chunk size.
+        On CPU the scores ``2 s q.a - |a|^2`` of a block of rows are written
+        into one reused buffer of about 1 MB and reduced by ``argmax`` while
+        still in cache; the blocks are a fixed size, so the result does not
+        depend on the chunk size. On a GPU the chunk is one block.
         """
         import torch
 
@@ -640,10 +640,11 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             state[key] = (weight.contiguous(), bias.contiguous())
         weight, bias = state[key]
         n_rows, n_atoms = patches.shape[0], weight.shape[1]
-        block = max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms))
+        on_cpu = patches.device.type == "cpu"
+        # on a GPU, one block: small GEMMs would only add kernel launches
+        block = max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms)) if on_cpu else max(n_rows, 1)
         buffer = torch.empty((min(block, n_rows), n_atoms), device=patches.device)
         indices = torch.empty((n_rows,), dtype=torch.int64, device=patches.device)
-        on_cpu = patches.device.type == "cpu"
         if on_cpu:  # numpy's SIMD argmax: ~9x torch.argmax over rows of 1024 on CPU
             scores_np, indices_np = buffer.numpy(), indices.numpy()
         for start in range(0, n_rows, block):
