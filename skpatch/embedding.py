@@ -6,6 +6,7 @@ each patch by its nearest atoms, pool the codes over a spatial grid. A linear
 classifier on top gives the published patch-based CIFAR-10 models.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 import sys
 import time
 import warnings
@@ -536,13 +537,36 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             state["projection_mirror"] = torch.as_tensor(
                 projection.astype(np.float32), device=device
             )
+        for sign in (1.0, -1.0):  # filled here: the chunk workers only read state
+            self._nearest_weights(state, sign)
         start = time.perf_counter()
-        with torch.inference_mode():
-            for batch in gen_batches(n_images, self._chunk_size(n_images)):
+
+        def encode(batch):
+            with torch.inference_mode():
                 codes = self._encode_chunk(images[batch], state, device)
                 out[batch] = codes.reshape(codes.shape[0], -1).cpu().numpy()
+            return batch
+
+        batches = list(gen_batches(n_images, self._chunk_size(n_images)))
+        n_workers = min(torch.get_num_threads(), len(batches))
+        if device != "cpu" or self._knn_backend(device) == "faiss" or n_workers < 2:
+            done = map(encode, batches)
+            for batch in done:
                 if self.verbose:
                     self._log(f"encoded {batch.stop}/{n_images} images", start)
+            return out
+        # CPU: one chunk per thread, each with single-threaded torch. The
+        # selection (numpy) is single-threaded, and torch's idle OpenMP threads
+        # spin against any other thread, so splitting work inside a chunk loses.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(n_workers, thread_name_prefix="skpatch") as pool:
+                for batch in pool.map(encode, batches):
+                    if self.verbose:
+                        self._log(f"encoded {batch.stop}/{n_images} images", start)
+        finally:
+            torch.set_num_threads(threads)
         return out
 
     def _encode_chunk(self, images, state, device):
@@ -622,6 +646,17 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             codes = codes.abs().pow_(self.power).mul_(codes.sign())
         return codes
 
+    @staticmethod
+    def _nearest_weights(state, sign):
+        """GEMM weight and bias giving the scores ``2 s q.a - |a|^2``, cached in ``state``."""
+        key = "nearest_weights" if sign > 0 else "nearest_weights_neg"
+        if key not in state:
+            weight, bias = state["score_weight"], state["score_bias"]
+            if sign < 0:  # -2 q.a - |a|^2 = -(2 q.a - |a|^2) - 2 |a|^2
+                weight, bias = -weight, -bias - 2.0 * state["atom_sq_norms"]
+            state[key] = (weight.contiguous(), bias.contiguous())
+        return state[key]
+
     def _nearest_atoms(self, patches, state, sign):
         """Index ``(m, 1)`` of the nearest atom to each whitened ``sign * patch``.
 
@@ -632,13 +667,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         """
         import torch
 
-        key = "nearest_weights" if sign > 0 else "nearest_weights_neg"
-        if key not in state:
-            weight, bias = state["score_weight"], state["score_bias"]
-            if sign < 0:  # -2 q.a - |a|^2 = -(2 q.a - |a|^2) - 2 |a|^2
-                weight, bias = -weight, -bias - 2.0 * state["atom_sq_norms"]
-            state[key] = (weight.contiguous(), bias.contiguous())
-        weight, bias = state[key]
+        weight, bias = self._nearest_weights(state, sign)
         n_rows, n_atoms = patches.shape[0], weight.shape[1]
         on_cpu = patches.device.type == "cpu"
         # on a GPU, one block: small GEMMs would only add kernel launches

@@ -196,6 +196,27 @@ def test_transform_identical_whatever_the_chunk_size(encoding, backend):
         assert_array_equal(other.transform(X), reference)
 
 
+@pytest.mark.parametrize("n_neighbors", [1, 5])
+def test_chunks_in_threads_equal_one_thread(n_neighbors):
+    import torch
+
+    X = _images(n=9, size=7)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=16, n_neighbors=n_neighbors, both_signs=True,
+        knn_backend="gemm", batch_size=2, random_state=0,
+    ).fit(X)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        sequential = emb.transform(X)
+        torch.set_num_threads(3)  # five chunks over three worker threads
+        threaded = emb.transform(X)
+        assert torch.get_num_threads() == 3  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert_array_equal(threaded, sequential)
+
+
 def test_backends_agree():
     X = _images(n=8, size=7)
     params = dict(patch_size=3, n_atoms=32, n_neighbors=8, random_state=0)
