@@ -113,8 +113,12 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         faster at large k, where faiss's heap selection dominates). Same
         neighbour sets up to ties.
     batch_size : int or 'auto', default='auto'
-        Images encoded per chunk; ``'auto'`` fits a chunk in scikit-learn's
-        ``working_memory``. The output does not depend on it.
+        Images encoded per chunk; ``'auto'`` bounds each chunk's buffers
+        (about 8 MB of scores, or 32-64 MB of patches where no dense score
+        buffer is needed). On CPU with the GEMM backend the chunks are encoded
+        in parallel, one per thread, on ``torch.get_num_threads()`` threads
+        (each running torch single-threaded), so the working memory is that
+        many chunks. The output does not depend on either.
     device : {'auto', 'cpu', 'cuda'} or str, default='auto'
         Where the GEMMs and k-means run; ``'auto'`` uses a CUDA GPU when one
         is visible.
