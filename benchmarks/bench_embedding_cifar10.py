@@ -31,7 +31,7 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
 
 # the best configuration found (see docs/benchmarks.md for the search)
 BEST = dict(
-    embedding=dict(patch_size=6, n_atoms=1024, n_neighbors=256, encoding="hard",
+    embedding=dict(patch_size=6, n_atoms=1536, n_neighbors=384, encoding="hard",
                    both_signs=True, pooling=3, dictionary="kmeans",
                    flip_invariant=True, power=0.5, n_patches_fit=262144),
     C=0.002,
