@@ -6,10 +6,12 @@ each patch by its nearest atoms, pool the codes over a spatial grid. A linear
 classifier on top gives the published patch-based CIFAR-10 models.
 """
 
-from concurrent.futures import ThreadPoolExecutor
 import sys
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -33,6 +35,34 @@ _FAISS_MAX_K = 4
 # score buffer of the nearest-atom (k = 1) path: 1 MB (256 rows of 1024 atoms)
 # measured best among 128 KB - 4 MB on a 2-core EPYC (512 KB L2 per core)
 _NEAREST_BLOCK_BYTES = 1 << 20
+
+
+_TORCH_THREADS_LOCK = threading.Lock()
+_TORCH_THREADS = {"active": 0, "caller": None}
+
+
+@contextmanager
+def _single_threaded_torch():
+    """torch on one intra-op thread while any transform runs chunk threads.
+
+    The caller's ``torch.get_num_threads()`` is saved by the first of
+    concurrent transforms (say, from a threaded grid search) and restored by
+    the last, so overlapping calls cannot leave torch on one thread.
+    """
+    import torch
+
+    with _TORCH_THREADS_LOCK:
+        if _TORCH_THREADS["active"] == 0:
+            _TORCH_THREADS["caller"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _TORCH_THREADS["active"] += 1
+    try:
+        yield
+    finally:
+        with _TORCH_THREADS_LOCK:
+            _TORCH_THREADS["active"] -= 1
+            if _TORCH_THREADS["active"] == 0:
+                torch.set_num_threads(_TORCH_THREADS["caller"])
 
 
 class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
@@ -553,24 +583,23 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
 
         batches = list(gen_batches(n_images, self._chunk_size(n_images)))
         n_workers = min(torch.get_num_threads(), len(batches))
-        if device != "cpu" or self._knn_backend(device) == "faiss" or n_workers < 2:
+        if device != "cpu" or self._knn_backend(device) == "faiss":
+            n_workers = 1
+        with ExitStack() as stack:
             done = map(encode, batches)
+            if n_workers > 1:
+                # CPU: one chunk per thread, each with single-threaded torch. The
+                # selection (numpy) is single-threaded, and torch's idle OpenMP
+                # threads spin against any other thread, so splitting the work
+                # inside a chunk loses.
+                stack.enter_context(_single_threaded_torch())
+                pool = stack.enter_context(
+                    ThreadPoolExecutor(n_workers, thread_name_prefix="skpatch")
+                )
+                done = pool.map(encode, batches)
             for batch in done:
                 if self.verbose:
                     self._log(f"encoded {batch.stop}/{n_images} images", start)
-            return out
-        # CPU: one chunk per thread, each with single-threaded torch. The
-        # selection (numpy) is single-threaded, and torch's idle OpenMP threads
-        # spin against any other thread, so splitting work inside a chunk loses.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(n_workers, thread_name_prefix="skpatch") as pool:
-                for batch in pool.map(encode, batches):
-                    if self.verbose:
-                        self._log(f"encoded {batch.stop}/{n_images} images", start)
-        finally:
-            torch.set_num_threads(threads)
         return out
 
     def _encode_chunk(self, images, state, device):

@@ -217,6 +217,38 @@ def test_chunks_in_threads_equal_one_thread(n_neighbors):
     assert_array_equal(threaded, sequential)
 
 
+def test_overlapping_transforms_restore_the_callers_threads():
+    import threading
+
+    import torch
+
+    X = _images(n=9, size=7)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=16, n_neighbors=5, both_signs=True,
+        knn_backend="gemm", batch_size=1, random_state=0,
+    ).fit(X)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = emb.transform(X)
+        torch.set_num_threads(3)
+        results = [None] * 4
+
+        def run(i):
+            results[i] = emb.transform(X)
+
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    for result in results:
+        assert_array_equal(result, expected)
+
+
 def test_backends_agree():
     X = _images(n=8, size=7)
     params = dict(patch_size=3, n_atoms=32, n_neighbors=8, random_state=0)
