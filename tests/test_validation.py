@@ -117,3 +117,96 @@ def test_import_skpatch_does_not_import_torch_or_faiss():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("layout", ["images", "rows"])
+def test_float64_beyond_float32_range_rejected_before_the_cast(layout):
+    huge = np.full((2, 3, 3), 1e39)
+    huge[0, 0, 0] = -5e300
+    X = huge if layout == "images" else huge.reshape(2, 9)
+    with pytest.raises(ValueError, match=r"X holds values up to 5e\+300 .*float32 range"):
+        validate_images(_Recorder(image_shape=(3, 3)), X, reset=True, dtype="float")
+    with pytest.raises(ValueError, match="images holds values up to 1e\\+39"):
+        check_images(np.full((1, 2, 2), 1e39), dtype="float", input_name="images")
+    # the largest float32 still passes, and dtype=None does no arithmetic to overflow
+    edge = np.full((1, 2, 2), float(np.finfo(np.float32).max))
+    assert check_images(edge, dtype="float").max() == np.finfo(np.float32).max
+    assert check_images(huge).dtype == np.float64
+
+
+def _fit_then(fit_X, later_X):
+    est = _Recorder()
+    validate_images(est, fit_X, reset=True, dtype="float")
+    return lambda: validate_images(est, later_X, reset=False, dtype="float")
+
+
+def test_scale_trap_uint8_fit_float_0_255_predict_warns():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 5, 5), dtype=np.uint8)
+    later = _fit_then(pixels, pixels.astype(np.float64))
+    expected = (
+        rf"X is float \(taken as is\) with values up to {pixels.max()}, .*fitted on "
+        rf"uint8 \(scaled to \[0, 1\]\) images with values up to {pixels.max() / 255:.4g}"
+    )
+    with pytest.warns(UserWarning, match=expected):
+        out = later()
+    np.testing.assert_array_equal(out[..., 0], pixels)  # warned, not altered
+
+    # the reverse: fit on float 0..255, predict on the same pixels as uint8
+    later = _fit_then(pixels.astype(np.float32), pixels)
+    with pytest.warns(UserWarning, match=r"X is uint8 .*fitted on float"):
+        later()
+
+
+def test_scale_trap_stays_quiet_on_consistent_input(recwarn):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(6, 5, 5), dtype=np.uint8)
+    _fit_then(pixels, pixels[:1] // 40)()  # darker uint8 images: same scale
+    _fit_then(pixels, pixels.astype(np.float32) / 255)()  # uint8 and its [0, 1] floats
+    floats = rng.normal(size=(6, 5, 5))
+    _fit_then(floats, floats[:2] * 3)()  # within a factor 8 of the fit's peak
+    _fit_then(floats, floats[:2] / 100)()  # smaller floats, same dtype family
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    # a float-scale jump without a dtype change is caught too
+    with pytest.warns(UserWarning, match="another scale"):
+        _fit_then(floats, floats * 255)()
+
+
+class _TinyNet:
+    """A one-layer patch network, built on first call (torch stays lazy)."""
+
+    def __new__(cls, n_classes, in_channels):
+        import torch
+
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 4, 1), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, n_classes),
+        )
+
+
+def _scale_trap_estimators():
+    from skpatch import PatchCNNClassifier, PatchDictionaryEmbedding
+
+    return [
+        ("transform", PatchDictionaryEmbedding(
+            patch_size=3, n_atoms=8, n_neighbors=2, pooling=1, random_state=0)),
+        ("predict_proba", PatchCNNClassifier(
+            patch_size=4, module=_TinyNet, max_epochs=1, batch_size=16, device="cpu",
+            verbose=0, random_state=0)),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["embedding", "patch_cnn"])
+def test_estimators_warn_on_the_uint8_float_scale_trap(index, recwarn):
+    method, est = _scale_trap_estimators()[index]
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(32, 8, 8), dtype=np.uint8)
+    y = np.arange(32) % 2
+    est.fit(pixels, y)
+    from_uint8 = getattr(est, method)(pixels)
+    # the same pixels as floats on the scale skpatch gives uint8: no warning, same output
+    from_unit = getattr(est, method)(pixels.astype(np.float32) / 255)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    scale = np.abs(from_uint8).max()
+    np.testing.assert_allclose(from_unit, from_uint8, rtol=1e-5, atol=1e-5 * scale)
+    with pytest.warns(UserWarning, match=f"{type(est).__name__} was fitted on uint8"):
+        getattr(est, method)(pixels.astype(np.float64))

@@ -8,6 +8,7 @@ layout.
 """
 
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.utils import check_array
@@ -135,6 +136,33 @@ def _reject_non_numeric(X, input_name):
         )
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# A predict-time peak this many times the fit-time one (or, after a change of
+# dtype family, this many times smaller) means the pixels are on another scale.
+_SCALE_RATIO = 8.0
+
+
+def _peak(images):
+    """Largest absolute value, without allocating a copy of ``images``."""
+    if images.size == 0:
+        return 0.0
+    return float(max(abs(images.max()), abs(images.min())))
+
+
+def _check_float32_range(images, input_name):
+    """Reject values that float32, the dtype skpatch computes in, cannot hold."""
+    if images.dtype.kind != "f" or images.dtype.itemsize <= 4:
+        return
+    peak = _peak(images)
+    if peak > _FLOAT32_MAX:
+        raise ValueError(
+            f"{input_name} holds values up to {peak:.3g} in magnitude, beyond the "
+            f"float32 range (+-{_FLOAT32_MAX:.3g}) that skpatch computes in; "
+            "rescale the images (e.g. to [0, 1]) before passing them."
+        )
+
+
 def _to_float(images):
     """uint8 -> float32 in [0, 1]; floats kept; other ints and bools -> float64 values."""
     if images.dtype == np.uint8:
@@ -247,8 +275,42 @@ def _to_image_layout(images, image_shape, dtype, input_name):
             "(H, W, C); every dimension must be at least 1."
         )
     if dtype == "float":
+        _check_float32_range(images, input_name)
         images = _to_float(images)
     return images
+
+
+def _dtype_family(dtype):
+    return "uint8" if dtype == np.uint8 else "float"
+
+
+def _check_input_scale(estimator, family, images):
+    """Record the fit-time pixel scale, or warn when ``images`` contradict it.
+
+    uint8 images are scaled to [0, 1] and floats taken as they are, so the same
+    pixels given once as uint8 and once as float 0..255 differ 255-fold.
+    """
+    peak = _peak(images)
+    fitted = getattr(estimator, "_fit_input_scale", None)
+    if fitted is None:
+        return peak
+    fit_family, fit_peak = fitted
+    name = type(estimator).__name__
+    changed = family != fit_family
+    too_large = fit_peak > 0 and peak > _SCALE_RATIO * fit_peak
+    too_small = changed and peak > 0 and peak * _SCALE_RATIO < fit_peak
+    if too_large or too_small:
+        how = {"uint8": "uint8 (scaled to [0, 1])", "float": "float (taken as is)"}
+        warnings.warn(
+            f"X is {how[family]} with values up to {peak:.4g}, but {name} was "
+            f"fitted on {how[fit_family]} images with values up to {fit_peak:.4g}: "
+            "the pixels look like they are on another scale, which changes the "
+            "outputs. Pass images with the dtype and value range used in fit "
+            "(uint8 0..255, or floats on the fit's scale).",
+            UserWarning,
+            stacklevel=4,
+        )
+    return peak
 
 
 def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
@@ -268,7 +330,12 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
     reset : bool
         True in ``fit``, False afterwards.
     dtype : {None, 'float'}, default=None
-        As in :func:`check_images`.
+        As in :func:`check_images`. With ``'float'`` the pixel scale is recorded
+        on ``reset=True`` (dtype family and largest absolute value after
+        scaling); afterwards a ``UserWarning`` is raised when the images are on
+        another scale: values more than 8 times the fit's largest, or, after a
+        change between uint8 and float, 8 times smaller (the uint8 / float
+        0..255 trap).
     image_shape : tuple or None or 'param', default='param'
         ``'param'`` reads ``estimator.image_shape``.
 
@@ -297,6 +364,7 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
             raise ValueError(f"X must be 2-D rows, got shape {rows.shape}.")
         if not reset:
             image_shape = getattr(estimator, "image_shape_", image_shape)
+        family = _dtype_family(rows.dtype)
         images = _to_image_layout(rows, image_shape, dtype, "X")
         layout = "rows"
     else:
@@ -312,11 +380,18 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
             estimator.n_features_in_ = int(np.prod(images.shape[1:]))
             if hasattr(estimator, "feature_names_in_"):
                 del estimator.feature_names_in_
+        family = _dtype_family(images.dtype)
         images = _to_image_layout(images, None, dtype, "X")
         layout = "grayscale" if ndim == 3 else "channels_last"
+    if dtype == "float":
+        if reset:
+            estimator._fit_input_scale = None
+        peak = _check_input_scale(estimator, family, images)
     if reset:
         estimator.image_shape_ = tuple(int(d) for d in images.shape[1:])
         estimator._input_layout = layout
+        if dtype == "float":
+            estimator._fit_input_scale = (family, peak)
     elif tuple(images.shape[1:]) != tuple(estimator.image_shape_):
         raise ValueError(
             f"X holds images of shape {tuple(images.shape[1:])} (H, W, C), but "
