@@ -16,6 +16,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils import check_array
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
@@ -326,7 +327,15 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
     bound of :func:`generalization_bound` (eq. 13 of Madala et al.) for square
     ``patch_size x patch_size`` patches. :meth:`fit` calibrates the constants
     named in ``calibrate`` to observed errors by non-negative least squares
-    and keeps the others as given.
+    and keeps the others as given; with ``calibrate=()`` it needs no ``y``
+    (``fit(X)``), and the predictor evaluates the bound with the constants
+    as given, as :func:`generalization_bound` does.
+
+    The ``stride`` column is optional, in ``fit`` and in :meth:`predict`
+    alike and independently: a fitted predictor takes 6- or 7-column rows
+    whichever it was fitted on. A row without it uses the ``stride``
+    parameter (default 1, every patch position counted), never a stride
+    seen in ``fit``.
 
     Parameters
     ----------
@@ -338,7 +347,9 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
     c6 : float, default=1.0
         Weight of the mesh-norm term.
     stride : float or tuple (h, w), default=1
-        ``S`` in ``T_eff``, used when ``X`` has no ``stride`` column.
+        ``S`` in ``T_eff`` for rows of ``X`` without a ``stride`` column (6
+        columns), in ``fit`` and in ``predict``; a ``stride`` column
+        overrides it.
     min_over_smaller : bool, default=True
         Take the minimum of the bound over patch sizes from
         ``min_patch_size`` up to ``patch_size`` (Figure 3 of the paper).
@@ -360,7 +371,8 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
     c6_ : float
         ``c6`` in use after fit.
     n_features_in_ : int
-        6, or 7 when ``X`` has a ``stride`` column.
+        6, or 7 when the ``X`` given to ``fit`` has a ``stride`` column;
+        ``predict`` also takes the other of the two layouts.
     feature_names_in_ : ndarray of str
         Column names, when ``X`` is a DataFrame with string column names.
 
@@ -392,9 +404,11 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
     --------
     >>> from skpatch import PatchBoundPredictor
     >>> X = [[50_000, 10, 32, 32, 3, 8], [50_000, 10, 32, 32, 3, 4]]
-    >>> model = PatchBoundPredictor(calibrate=()).fit(X, [0.158, 0.333])
+    >>> model = PatchBoundPredictor(calibrate=()).fit(X)  # the paper's constants
     >>> model.predict(X).round(4)
     array([0.2063, 0.2393])
+    >>> model.predict([[50_000, 10, 32, 32, 3, 8, 2]]).round(4)  # with a stride column
+    array([0.398])
     """
 
     _parameter_constraints = {
@@ -448,7 +462,9 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
 
     def _validate_X(self, X, y="no_validation", sample_weight=None, *, reset):
         X = _select_named_columns(X)
-        if isinstance(y, str) and y == "no_validation":
+        if not reset and self._is_other_layout(X):
+            X = self._validate_other_layout(X)
+        elif isinstance(y, str) and y == "no_validation":
             X = validate_data(self, X, reset=reset, dtype=np.float64)
         else:
             X, y = validate_data(self, X, y, reset=reset, dtype=np.float64, y_numeric=True)
@@ -467,6 +483,47 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
                 f"got n_features = {X.shape[1]}."
             )
         return X, y, sample_weight
+
+    def _is_other_layout(self, X):
+        """Whether ``X`` is the 6- or 7-column layout that ``fit`` did not see."""
+        try:
+            shape = np.shape(X)
+        except ValueError:  # ragged nested lists: validate_data reports them
+            return False
+        return (
+            len(shape) == 2
+            and shape[1] in (6, 7)
+            and shape[1] != getattr(self, "n_features_in_", shape[1])
+        )
+
+    def _validate_other_layout(self, X):
+        """``validate_data(reset=False)`` for rows with or without the stride column."""
+        columns = getattr(X, "columns", None)
+        names = None
+        if columns is not None and all(isinstance(c, str) for c in columns):
+            names = [str(c) for c in columns]
+        fitted = getattr(self, "feature_names_in_", None)
+        name = type(self).__name__
+        if names is not None and fitted is not None:
+            # _select_named_columns has put named settings in FEATURE_NAMES order
+            if names != list(FEATURE_NAMES[: len(names)]):
+                raise ValueError(
+                    f"X has columns {names}, but {name} was fitted on the "
+                    f"settings columns {list(fitted)}; expected "
+                    f"{list(FEATURE_NAMES[:6])}, with or without 'stride'."
+                )
+        elif names is not None:
+            warnings.warn(
+                f"X has feature names, but {name} was fitted without feature names",
+                UserWarning,
+            )
+        elif fitted is not None:
+            warnings.warn(
+                f"X does not have valid feature names, but {name} was fitted with "
+                "feature names",
+                UserWarning,
+            )
+        return check_array(X, dtype=np.float64, input_name="X")
 
     def _settings(self, X, stride_hw):
         """Check X's columns against the model's domain and name the columns."""
@@ -501,7 +558,7 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
         }
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Calibrate the constants named in ``calibrate`` to observed errors.
 
         Parameters
@@ -510,8 +567,10 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
             Rows ``(n_train, n_classes, height, width, channels,
             patch_size[, stride])``; a DataFrame may name these columns in any
             order.
-        y : array-like of shape (n_settings,)
-            Observed test errors (fractions, e.g. ``1 - accuracy``).
+        y : array-like of shape (n_settings,) or None, default=None
+            Observed test errors (fractions, e.g. ``1 - accuracy``). Needed
+            when ``calibrate`` names a constant; with ``calibrate=()`` it may
+            be None (and is only validated when given).
         sample_weight : array-like of shape (n_settings,), default=None
             Weights of the squared residuals.
 
@@ -521,10 +580,23 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
             The fitted predictor.
         """
         stride_hw = self._check_params()
+        calibrate = tuple(self.calibrate)
+        if y is None:
+            if calibrate:
+                raise ValueError(
+                    f"{type(self).__name__} requires y to be passed, but the target "
+                    f"y is None: calibrate={calibrate!r} fits these constants to "
+                    "observed errors y. Pass calibrate=() to evaluate the bound "
+                    "with the constants as given (fit(X) then needs no y), or call "
+                    "generalization_bound()."
+                )
+            X, _, _ = self._validate_X(X, reset=True)
+            self._settings(X, stride_hw)  # the settings must be in the model's domain
+            self.alpha_, self.c4_, self.c6_ = float(self.alpha), float(self.c4), float(self.c6)
+            return self
         X, y, sample_weight = self._validate_X(X, y, sample_weight, reset=True)
         settings = self._settings(X, stride_hw)
         sqrt_weight = np.sqrt(sample_weight)
-        calibrate = tuple(self.calibrate)
 
         def solve(alpha):
             mesh, noise = _grid_terms(settings, alpha, self.formula,
@@ -568,7 +640,9 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_settings, 6) or (n_settings, 7)
-            Settings as in :meth:`fit`.
+            Settings as in :meth:`fit`, with or without the ``stride``
+            column whichever ``fit`` saw; rows without it use the ``stride``
+            parameter.
 
         Returns
         -------
@@ -607,6 +681,8 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
+        # with nothing to calibrate, fit(X) evaluates the bound as given
+        tags.target_tags.required = bool(tuple(self.calibrate))
         # a fixed physical model with at most three constants, not a general fit
         tags.regressor_tags.poor_score = True
         return tags

@@ -108,6 +108,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     whiten_reg : float, default=1e-3
         Added to the covariance eigenvalues (Thiry et al.'s ``eps``), in the
         units of the pixel values squared (uint8 images are scaled to [0, 1]).
+        0 needs a full-rank patch covariance: ``fit`` raises a ValueError
+        when an eigenvalue is zero to float precision (constant images,
+        ``patch_normalize=True``).
     n_full_components : int, default=8
         Leading whitened (PCA) components kept per patch by ``'full'``.
     patch_normalize : bool, default=False
@@ -474,17 +477,20 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         order = np.argsort(eigenvalues)[::-1]
         eigenvalues = np.clip(eigenvalues[order], 0.0, None)
         eigenvectors = eigenvectors[:, order]
-        scale = 1.0 / np.sqrt(eigenvalues + self.whiten_reg)
         dim = patches.shape[1]
-        if self.whiten == "zca":
-            whitening = (eigenvectors * scale) @ eigenvectors.T
-            full_projection = eigenvectors
-        elif self.whiten == "pca":
-            whitening = eigenvectors * scale
-            full_projection = np.eye(dim)
-        else:
+        if self.whiten is None:
             whitening = np.eye(dim)
             full_projection = eigenvectors
+        else:
+            if self.whiten_reg == 0:
+                self._check_full_rank(eigenvalues)
+            scale = 1.0 / np.sqrt(eigenvalues + self.whiten_reg)
+            if self.whiten == "zca":
+                whitening = (eigenvectors * scale) @ eigenvectors.T
+                full_projection = eigenvectors
+            else:
+                whitening = eigenvectors * scale
+                full_projection = np.eye(dim)
         self.mean_ = mean.astype(np.float32)
         self.whitening_ = whitening.astype(np.float32)
         self.explained_variance_ = eigenvalues
@@ -492,6 +498,25 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self._full_projection = np.ascontiguousarray(
             full_projection[:, : self.n_full_components], dtype=np.float32
         )
+
+    def _check_full_rank(self, eigenvalues):
+        """Raise when whitening with ``whiten_reg=0`` would divide by a zero eigenvalue."""
+        # float32 patches leave about eps32 of each value as residue: eps64**0.5 sits between
+        tolerance = np.sqrt(np.finfo(np.float64).eps) * eigenvalues[0]
+        n_zero = int(np.sum(eigenvalues <= tolerance))
+        if n_zero:
+            reason = (
+                "patch_normalize=True removes each patch's mean"
+                if self.patch_normalize
+                else "constant or linearly dependent pixels"
+            )
+            raise ValueError(
+                f"whiten_reg=0 cannot whiten these patches: {n_zero} of the "
+                f"{eigenvalues.size} eigenvalues of the patch covariance are zero "
+                f"(to float precision; {reason}), and whiten={self.whiten!r} "
+                "divides by sqrt(eigenvalue + whiten_reg). Pass whiten_reg > 0 "
+                "(default 1e-3) or whiten=None."
+            )
 
     # ------------------------------------------------------------ transform
     def transform(self, X):

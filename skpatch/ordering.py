@@ -218,6 +218,14 @@ def _check_image_batch(images):
     return check_images(images, input_name="images")
 
 
+def _layout_of(X):
+    """The :func:`restore_layout` name of the layout ``X`` comes in."""
+    ndim = getattr(X, "ndim", None)
+    if ndim is None:
+        ndim = np.ndim(X)
+    return {3: "grayscale", 4: "channels_last"}.get(ndim, "rows")
+
+
 def _with_layout(images, ndim):
     return images[..., 0] if ndim == 3 else images
 
@@ -414,14 +422,23 @@ _ORDERER_DOC = (
 """Reorder the patches of each image (the POR algorithm) as a transformer.
 
     Stateless: ``fit`` only validates the parameters against the images and
-    records their shape. ``transform`` returns images of the same shape and
-    dtype, rebuilt from their reordered non-overlapping patches.
+    records their shape. ``transform`` returns images of the same dtype,
+    rebuilt from their reordered non-overlapping patches, in the layout of
+    the ``X`` it is given (rows in, rows out; 3-D or 4-D in, the same out),
+    which need not be the layout seen in ``fit``; ``flatten=True`` returns
+    rows always.
 
     Parameters
     ----------
     patch_size : int or tuple (ph, pw), default=4
         Patch height and width; patches do not overlap.
-""" + _DOC_OPTIONS + """    image_shape : tuple (H, W) or (H, W, C), default=None
+""" + _DOC_OPTIONS + """    flatten : bool, default=False
+        Return the ordered images as 2-D rows ``(n, H*W*C)`` (row-major over
+        ``(H, W, C)``, as ``numpy.reshape`` would), whatever the layout of
+        the input; a picklable way to feed 3-D or 4-D images to a
+        ``StandardScaler`` or a linear model in a ``Pipeline``. False returns
+        the layout of the input given to ``transform``.
+    image_shape : tuple (H, W) or (H, W, C), default=None
         Shape of one image when ``X`` is given as 2-D rows ``(n, H*W*C)``;
         one entry may be -1 (inferred).
 
@@ -467,6 +484,8 @@ _ORDERER_DOC = (
     ((5, 32, 32, 3), dtype('uint8'))
     >>> np.array_equal(Xt[:, :8, :8], X[:, :8, :8])  # the reference stays first
     True
+    >>> PatchOrderer(patch_size=8, flatten=True).fit_transform(X).shape
+    (5, 3072)
     """
 )
 
@@ -476,6 +495,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         "patch_size": _SIZE,
         **_OPTIONS,
+        "flatten": ["boolean"],
         "image_shape": [tuple, list, None],
     }
 
@@ -490,6 +510,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         border="error",
         batch_size=None,
         n_jobs=None,
+        flatten=False,
         image_shape=None,
     ):
         self.patch_size = patch_size
@@ -500,6 +521,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         self.border = border
         self.batch_size = batch_size
         self.n_jobs = n_jobs
+        self.flatten = flatten
         self.image_shape = image_shape
 
     def _check_params_vs_input(self, images):
@@ -533,15 +555,18 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
-            Images of the shape seen in ``fit``.
+            Images of the shape seen in ``fit``, in any of these layouts.
 
         Returns
         -------
-        X_ordered : ndarray of the shape and dtype of ``X``
+        X_ordered : ndarray of the shape and dtype of ``X``, or of shape (n, H*W*C)
+            In the layout of this ``X`` (not of the ``X`` seen in ``fit``);
+            rows ``(n, H*W*C)`` when ``flatten=True``.
         """
         check_is_fitted(self)
+        layout = _layout_of(X)
         images = validate_images(self, X, reset=False)
-        return self._transform(images)
+        return self._transform(images, layout)
 
     def fit_transform(self, X, y=None):
         """Fit, then reorder the patches of each image (validates once).
@@ -555,14 +580,16 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_ordered : ndarray of the shape and dtype of ``X``
+        X_ordered : ndarray of the shape and dtype of ``X``, or of shape (n, H*W*C)
+            Rows ``(n, H*W*C)`` when ``flatten=True``.
         """
         self._validate_params()
+        layout = _layout_of(X)
         images = validate_images(self, X, reset=True)
         self.patch_grid_shape_ = self._check_params_vs_input(images)
-        return self._transform(images)
+        return self._transform(images, layout)
 
-    def _transform(self, images):
+    def _transform(self, images, layout):
         ordered, _ = _order(
             images,
             self._patch_size,
@@ -574,7 +601,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
             self.batch_size,
             self.n_jobs,
         )
-        return restore_layout(ordered, self._input_layout)
+        return restore_layout(ordered, "rows" if self.flatten else layout)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -227,7 +227,7 @@ def _reference_targets(X, stride=1, min_over_smaller=True, **constants):
 
 def test_predict_with_given_constants_matches_reference(rng):
     X = _settings(rng, 12)
-    model = PatchBoundPredictor(calibrate=(), c4=0.7, c6=1.5).fit(X, np.zeros(12))
+    model = PatchBoundPredictor(calibrate=(), c4=0.7, c6=1.5).fit(X)
     assert (model.alpha_, model.c4_, model.c6_) == (3.0, 0.7, 1.5)
     assert_allclose(model.predict(X), _reference_targets(X, c4=0.7, c6=1.5), rtol=1e-12)
 
@@ -358,8 +358,95 @@ def test_estimator_rejects_bad_params(rng, params, match):
 def test_predict_checks_feature_count(rng):
     X = _settings(rng, 6)
     model = PatchBoundPredictor().fit(X, np.linspace(0.1, 0.5, 6))
-    with pytest.raises(ValueError, match="features"):
-        model.predict(np.column_stack([X, np.ones(6)]))
+    for bad in (X[:, :5], np.column_stack([X, np.ones(6), np.ones(6)])):
+        with pytest.raises(ValueError, match=f"X has {bad.shape[1]} features, but "
+                           "PatchBoundPredictor is expecting 6 features"):
+            model.predict(bad)
+
+
+def _hand_eq13(n_train, n_classes, size, channels, patch, stride, c4, c6, alpha=3.0):
+    """Eq. (13) for one square setting, written out once more by hand."""
+    t_eff = ((size - patch) / stride + 1) ** 2
+    theta = patch**2 / size**2
+    dim = patch**2 * channels
+    mesh_term = c6 * (n_train * t_eff) ** (-alpha / dim) * theta ** (-1 / dim)
+    noise_term = c4 * math.sqrt(n_classes) * math.log(1 / theta)
+    return (mesh_term + noise_term) / math.sqrt(t_eff)
+
+
+def test_hand_computed_values():
+    # CIFAR-10 at T = 8: T_eff = 25**2, D_T = 192, theta = 1/16
+    want = (0.5 * math.sqrt(10) * math.log(16)
+            + (50_000 * 625) ** (-3 / 192) * 16 ** (1 / 192)) / 25
+    assert abs(want - 0.2063) < 5e-5  # the docstring's value, to its 4 decimals
+    assert_allclose(generalization_bound(50_000, 10, 32, 8, min_over_smaller=False),
+                    want, rtol=1e-12)
+    # STL-10 at T = 48, stride 5: T_eff = (48 / 5 + 1)**2
+    assert_allclose(
+        generalization_bound(5_000, 10, 96, 48, stride=5, c4=0.3, c6=2.0,
+                             min_over_smaller=False),
+        _hand_eq13(5_000, 10, 96, 3, 48, 5, c4=0.3, c6=2.0), rtol=1e-12)
+
+
+def test_fit_without_y_evaluates_the_given_constants(rng):
+    X = _settings(rng, 7)
+    model = PatchBoundPredictor(calibrate=(), c4=0.3, c6=2.0, min_over_smaller=False)
+    assert model.fit(X) is model
+    assert (model.alpha_, model.c4_, model.c6_) == (3.0, 0.3, 2.0)
+    want = [_hand_eq13(n, k, int(h), int(c), int(t), 1, c4=0.3, c6=2.0)
+            for n, k, h, _, c, t in X]
+    assert_allclose(model.predict(X), want, rtol=1e-12)
+    # the same as fitting with any y, and as the function with the same constants
+    with_y = clone(model).fit(X, rng.random(7))
+    assert_array_equal(with_y.predict(X), model.predict(X))
+    assert_allclose(
+        model.predict(X),
+        generalization_bound(X[:, 0], X[:, 1], X[:, 2], X[:, 5], n_channels=X[:, 4],
+                             c4=0.3, c6=2.0, min_over_smaller=False),
+        rtol=1e-12)
+    # settings are still checked
+    with pytest.raises(ValueError, match="Column 'patch_size'"):
+        clone(model).fit(X * np.r_[1, 1, 1, 1, 1, 10])
+    # with constants to calibrate, y is required
+    for calibrate in [("c4", "c6"), ("c4",), ("alpha", "c4", "c6")]:
+        with pytest.raises(ValueError, match=r"requires y to be passed.*calibrate=\(\)"):
+            PatchBoundPredictor(calibrate=calibrate).fit(X)
+
+
+def test_fitted_predictor_takes_rows_with_or_without_stride():
+    X, y = load_patch_size_results(return_X_y=True)  # 7 columns
+    model = PatchBoundPredictor().fit(X, y)
+    assert model.n_features_in_ == 7
+    # without the stride column the stride parameter (1) is used
+    six = X[:, :6]
+    want = [reference_min_bound(*row[[0, 1, 2, 4]], int(row[5]), 1,
+                                c4=model.c4_, c6=model.c6_) for row in X]
+    assert_allclose(model.predict(six), want, rtol=1e-12)
+    assert_array_equal(model.predict(six), model.predict(np.column_stack([six, np.ones(21)])))
+    # fitted on 6 columns with a stride parameter, predicting with a stride column
+    wide = PatchBoundPredictor(calibrate=(), stride=(2, 3), min_over_smaller=False).fit(six)
+    assert wide.n_features_in_ == 6
+    got = wide.predict(X)
+    want = [reference_bound(*row[[0, 1, 2, 3, 4, 5, 5, 6, 6]]) for row in X]
+    assert_allclose(got, want, rtol=1e-12)
+    assert_allclose(wide.predict(six), [reference_bound(*row[[0, 1, 2, 3, 4, 5, 5]], 2, 3)
+                                        for row in X], rtol=1e-12)
+    with pytest.raises(ValueError, match="Column 'stride'"):
+        wide.predict(np.column_stack([six, np.full(21, 0.5)]))
+
+
+def test_dataframe_with_or_without_stride_column():
+    pd = pytest.importorskip("pandas")
+    X, y = load_patch_size_results(as_frame=True, return_X_y=True)
+    model = PatchBoundPredictor().fit(X, y)
+    six = X.drop(columns="stride")
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        plain = model.predict(six.to_numpy())
+    assert_array_equal(model.predict(six[six.columns[::-1]]), plain)
+    assert_array_equal(model.predict(six), model.predict(X.assign(stride=1.0)))
+    # a settings column missing under its name: not silently taken by position
+    with pytest.raises(ValueError, match="columns"):
+        model.predict(six.rename(columns={"channels": "C"}))
 
 
 # --- published results and plots -------------------------------------------

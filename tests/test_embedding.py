@@ -483,6 +483,28 @@ def test_bad_parameters(params, match):
         PatchDictionaryEmbedding(**settings).fit(X)
 
 
+@pytest.mark.parametrize("whiten", ["zca", "pca"])
+def test_zero_whiten_reg_on_singular_covariance_raises(whiten):
+    constant = np.full((4, 7, 7, 3), 0.25)
+    settings = dict(patch_size=3, n_atoms=6, n_neighbors=2, whiten=whiten, random_state=0)
+    with pytest.raises(ValueError, match=r"whiten_reg=0 .* eigenvalues of the patch covariance are zero.*whiten_reg > 0"):
+        PatchDictionaryEmbedding(whiten_reg=0, **settings).fit(constant)
+    # normalized patches sum to zero: one zero eigenvalue, on any images
+    with pytest.raises(ValueError, match=r"whiten_reg=0 .* 1 of the 27 eigenvalues.*patch_normalize"):
+        PatchDictionaryEmbedding(whiten_reg=0, patch_normalize=True, **settings).fit(_images(n=4))
+    # a positive whiten_reg, or no whitening, keeps constant images finite
+    for params in (dict(whiten_reg=1e-3, **settings), dict(settings, whiten=None, whiten_reg=0)):
+        codes = PatchDictionaryEmbedding(**params).fit(constant).transform(constant)
+        assert np.all(np.isfinite(codes))
+    # a full-rank covariance whitens with whiten_reg=0: unit whitened variances
+    X = _images(n=30)
+    emb = PatchDictionaryEmbedding(whiten_reg=0, n_patches_fit=10**6, **settings).fit(X)
+    rows = _patches_loop(X, 3)
+    whitened = (rows - rows.mean(axis=0)) @ emb.whitening_.astype(np.float64)
+    variances = np.linalg.eigvalsh(np.cov(whitened, rowvar=False, bias=True))
+    assert_allclose(variances, 1.0, rtol=_whitening_rtol(emb))
+
+
 def test_transform_rejects_images_of_another_shape():
     emb = PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2).fit(_images(n=3))
     with pytest.raises(ValueError, match="shape"):

@@ -325,6 +325,67 @@ def test_estimator_matches_function_and_layouts(rng):
         PatchOrderer(4, reference=6).fit(images)
 
 
+@pytest.mark.parametrize("channels", [None, 3])
+def test_transform_returns_the_layout_of_its_input(channels, rng):
+    image_shape = (8, 12) + ((channels,) if channels else ())
+    images = rng.integers(0, 256, (4,) + image_shape, dtype=np.uint8)
+    rows = images.reshape(4, -1)
+    expected, _ = order_patches(images, 4, measure="l2")
+    # fitted on images, given rows: rows back
+    fitted_on_images = PatchOrderer(4, measure="l2").fit(images)
+    np.testing.assert_array_equal(fitted_on_images.transform(rows), expected.reshape(4, -1))
+    np.testing.assert_array_equal(fitted_on_images.transform(images), expected)
+    # fitted on rows, given images: images back, in their own 3-D or 4-D layout
+    fitted_on_rows = PatchOrderer(4, measure="l2", image_shape=image_shape).fit(rows)
+    out = fitted_on_rows.transform(images)
+    assert out.shape == images.shape
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(fitted_on_rows.transform(rows), expected.reshape(4, -1))
+    # fit_transform follows its own input too
+    np.testing.assert_array_equal(
+        PatchOrderer(4, measure="l2", image_shape=image_shape).fit_transform(rows),
+        expected.reshape(4, -1),
+    )
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_flatten_returns_rows_of_the_ordered_images(channels, rng):
+    image_shape = (8, 12) + ((channels,) if channels else ())
+    images = rng.random((4,) + image_shape).astype(np.float32)
+    unflattened = PatchOrderer(4, measure="ssim").fit(images).transform(images)
+    flat = PatchOrderer(4, measure="ssim", flatten=True).fit(images)
+    expected = unflattened.reshape(4, -1)
+    for given in (images, images.reshape(4, -1)):
+        out = flat.transform(given) if given.ndim > 2 else PatchOrderer(
+            4, measure="ssim", flatten=True, image_shape=image_shape
+        ).fit_transform(given)
+        assert out.shape == (4, int(np.prod(image_shape))) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(
+        PatchOrderer(4, measure="ssim", flatten=True).fit_transform(images), expected
+    )
+    with pytest.raises(ValueError, match="'flatten' parameter"):
+        PatchOrderer(4, flatten="yes").fit(images)
+
+
+def test_pipeline_with_flatten_pickles(rng):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    images = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    target = np.arange(20) % 2
+    model = make_pipeline(
+        PatchOrderer(4, measure="l2", flatten=True), StandardScaler(),
+        LogisticRegression(max_iter=200),
+    ).fit(images, target)
+    restored = pickle.loads(pickle.dumps(clone(model).fit(images, target)))
+    np.testing.assert_array_equal(restored.predict(images), model.predict(images))
+    np.testing.assert_array_equal(
+        restored[:-1].transform(images), model[:-1].transform(images)
+    )
+
+
 def test_paper_worked_example():
     # Section III.B: a binary 6x6 image, 3x3 patches, reference p(0,0) (grey).
     image = np.array(
