@@ -43,6 +43,7 @@ skorch ``NeuralNetClassifier``), ``history_``, ``device_``,
 """
 
 import copy
+import sys
 import warnings
 from numbers import Integral, Real
 
@@ -178,6 +179,27 @@ def sliding_window_logits(module, x, patch_size, stride, pads, max_patches):
         logits = module(patches)
         blocks.append(logits.reshape(b, n_rows, gw, -1))
     return torch.cat(blocks, dim=1).permute(0, 3, 1, 2)
+
+
+def _chunk_starts(estimator, n_items, chunk_size, desc):
+    """``range(0, n_items, chunk_size)``; with ``estimator.verbose > 0`` a tqdm bar on stderr.
+
+    The bar counts images and advances once a chunk is done, like skorch's
+    ``ProgressBar``; without tqdm installed the loop stays silent.
+    """
+    starts = range(0, n_items, chunk_size)
+    if not estimator.verbose > 0:
+        yield from starts
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from starts
+        return
+    with tqdm(total=n_items, desc=desc, unit="img", file=sys.stderr) as bar:
+        for start in starts:
+            yield start
+            bar.update(min(chunk_size, n_items - start))
 
 
 class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
@@ -404,31 +426,43 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             ``logits[i, k, r, c]`` is the class ``k`` logit of the patch whose
             top-left corner is at ``(r * sh - pad_top, c * sw - pad_left)``.
         """
+        return self._selected_patch_logits(X, None, stride=stride, padding=padding)
+
+    def _selected_patch_logits(self, X, class_index, *, stride=None, padding=0):
+        """:meth:`patch_logits` of the classes ``class_index`` only (all when ``None``)."""
         check_is_fitted(self)
         images = validate_images(self, X, reset=False, dtype="float")
         stride = self._default_patch_stride() if stride is None else stride
         stride = check_size_pair(stride, "stride")
-        return self._patch_logits(images, stride, padding)
+        return self._patch_logits(images, stride, padding, class_index)
 
-    def _patch_logits(self, images, stride, padding):
+    def _patch_logits(self, images, stride, padding, class_index=None):
         pads = _resolve_padding(padding, self._patch_size)
         gh, gw = _grid_shape(images.shape[1:3], self._patch_size, stride, pads)
         module, device = self._eval_module()
         n_images = max(1, self._max_patches() // (gh * gw))
-        out = np.empty((images.shape[0], len(self.classes_), gh, gw), dtype=np.float32)
+        n_maps = len(self.classes_) if class_index is None else len(class_index)
+        out = np.empty((images.shape[0], n_maps, gh, gw), dtype=np.float32)
+        if class_index is not None:
+            # select on the device, so only the requested maps are copied to the host
+            class_index = torch.as_tensor(np.asarray(class_index, dtype=np.int64), device=device)
+        desc = f"{type(self).__name__} patch logits"
         with torch.no_grad():
-            for start in range(0, images.shape[0], n_images):
+            for start in _chunk_starts(self, images.shape[0], n_images, desc):
                 chunk = images[start : start + n_images].transpose(0, 3, 1, 2)
                 x = torch.as_tensor(np.ascontiguousarray(chunk, dtype=np.float32))
                 logits = self._forward_patch_logits(module, x.to(device), stride, pads)
+                if class_index is not None:
+                    logits = logits[:, class_index]
                 out[start : start + n_images] = logits.float().cpu().numpy()
         return out
 
     def _image_logits(self, images):
         module, device = self._eval_module()
         out = np.empty((images.shape[0], len(self.classes_)), dtype=np.float32)
+        desc = f"{type(self).__name__} image logits"
         with torch.no_grad():
-            for start in range(0, images.shape[0], self.batch_size):
+            for start in _chunk_starts(self, images.shape[0], self.batch_size, desc):
                 chunk = images[start : start + self.batch_size].transpose(0, 3, 1, 2)
                 x = torch.as_tensor(np.ascontiguousarray(chunk, dtype=np.float32))
                 out[start : start + self.batch_size] = module(x.to(device)).cpu().numpy()

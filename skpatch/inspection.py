@@ -15,6 +15,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
+from ._base_classifier import BasePatchNetClassifier
+
 __all__ = ["blackout_scores", "class_heatmap"]
 
 
@@ -46,8 +48,9 @@ def class_heatmap(estimator, X, *, classes=None, padding="same"):
     X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
         Images of the shape the estimator was fitted on.
     classes : array-like of labels, default=None
-        Classes whose maps are returned, in this order; ``None`` gives all
-        of ``estimator.classes_``.
+        Classes whose maps are returned, in this order, given as labels of
+        ``estimator.classes_`` (strings for string labels, integers for
+        integer ones); ``None`` gives all of ``estimator.classes_``.
     padding : 'same', int or tuple (pad_h, pad_w), default='same'
         ``'same'`` zero-pads the images so that there is one patch centred on
         every pixel (the paper's figures); ``0`` gives the unpadded grid.
@@ -60,9 +63,19 @@ def class_heatmap(estimator, X, *, classes=None, padding="same"):
         ``(r, c)`` (for an even patch size, the centre is the upper-left of
         the four middle pixels). Other paddings give the ``(gh, gw)`` grid.
 
+    Raises
+    ------
+    ValueError
+        If a label of ``classes`` is not among ``estimator.classes_``.
+
     See Also
     --------
     skpatch.plotting.plot_heatmap : Draw an image beside its class maps.
+
+    Notes
+    -----
+    With ``estimator.verbose > 0`` the skpatch classifiers show a progress
+    bar on stderr over the image chunks (tqdm, as skorch's ``ProgressBar``).
 
     References
     ----------
@@ -74,27 +87,38 @@ def class_heatmap(estimator, X, *, classes=None, padding="same"):
     >>> import numpy as np
     >>> from skpatch import PatchCNNClassifier, class_heatmap
     >>> X = np.random.default_rng(0).random((8, 6, 6)).astype(np.float32)
-    >>> y = np.repeat([0, 1], 4)
+    >>> y = np.repeat(['cat', 'dog'], 4)
     >>> clf = PatchCNNClassifier(3, module='resnet10', width=4, max_epochs=1,
     ...                          device='cpu', verbose=0, random_state=0)
-    >>> class_heatmap(clf.fit(X, y), X[:2], classes=[1]).shape
+    >>> class_heatmap(clf.fit(X, y), X[:2], classes=['dog']).shape
     (2, 1, 6, 6)
     """
     _check_patch_estimator(estimator)
-    logits = estimator.patch_logits(X, stride=1, padding=padding)
     if classes is None:
-        return logits
-    classes = np.asarray(classes)
-    if classes.ndim != 1:
-        raise ValueError(f"classes must be a 1-D list of labels, got shape {classes.shape}.")
-    known = np.asarray(estimator.classes_)
-    missing = [c for c in classes.tolist() if c not in known.tolist()]
+        return estimator.patch_logits(X, stride=1, padding=padding)
+    index = _class_index(classes, estimator.classes_)
+    if type(estimator).patch_logits is BasePatchNetClassifier.patch_logits:
+        # the base selects the maps on the device, before the copy to the host
+        return estimator._selected_patch_logits(X, index, stride=1, padding=padding)
+    return estimator.patch_logits(X, stride=1, padding=padding)[:, index]
+
+
+def _class_index(classes, known):
+    """Positions in ``known`` (``classes_``) of the labels ``classes``, whatever their type."""
+    if np.ndim(classes) != 1 or len(classes) == 0:
+        raise ValueError(
+            f"classes must be a non-empty 1-D list of labels from classes_, got {classes!r}."
+        )
+    # plain Python scalars: np.asarray would turn [1, 'a'] into strings
+    labels = classes.tolist() if hasattr(classes, "tolist") else list(classes)
+    position = {label: k for k, label in enumerate(np.asarray(known).tolist())}
+    missing = [label for label in labels if label not in position]
     if missing:
         raise ValueError(
-            f"classes {missing!r} are not among the estimator's classes_ {known.tolist()!r}."
+            f"classes holds labels {missing!r} that are not among the estimator's "
+            f"classes_ {list(position)!r}."
         )
-    index = np.searchsorted(known, classes)
-    return logits[:, index]
+    return np.array([position[label] for label in labels], dtype=np.intp)
 
 
 def _blackout_masks(shape, fraction, rng):
@@ -175,6 +199,8 @@ def blackout_scores(
     With fraction 0 the accuracy equals ``estimator.score(X, y)`` for a
     patch-averaging estimator whose ``patch_logits`` default stride is its
     inference stride. A fraction that would drop every patch keeps one.
+    With ``estimator.verbose > 0`` the skpatch classifiers show a progress
+    bar on stderr while the patch logits are computed.
 
     References
     ----------

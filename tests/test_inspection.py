@@ -1,7 +1,12 @@
+import doctest
+import sys
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -18,6 +23,18 @@ torch.set_num_threads(1)
 
 FAST = dict(module="resnet10", width=4, max_epochs=2, batch_size=16, lr=0.05,
             device="cpu", verbose=0, random_state=0)
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "user_guide"
+
+
+def _assert_close(actual, expected):
+    """float32 logits computed in another summation order (batch shape, CPU, threads).
+
+    Rounding errors scale with the magnitudes summed, so the tolerance is
+    relative to the largest logit compared, not a fixed absolute one.
+    """
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    scale = max(np.abs(actual).max(), np.abs(expected).max())
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +80,60 @@ def test_heatmap_pixel_is_the_logit_of_the_patch_centred_there(data, which, T, r
     assert maps.shape == (2, 3, 7, 6)
     for i, r, c in [(0, 0, 0), (0, 3, 2), (1, 6, 5), (1, 2, 5), (0, 6, 0)]:
         expected = _logit_of_patch_centred_at(clf, X, X[i], r, c, T)
-        np.testing.assert_allclose(maps[i, :, r, c], expected, atol=1e-4)
+        _assert_close(maps[i, :, r, c], expected)
 
 
 def test_heatmap_class_selection_and_unpadded_grid(odd, data):
     X, _ = data
     full = class_heatmap(odd, X[:3])
-    np.testing.assert_array_equal(class_heatmap(odd, X[:3], classes=[9, 3]), full[:, [2, 0]])
+    # labels of classes_ of any integer type, or as an array
+    for classes in ([9, 3], np.array([9, 3]), [np.int64(9), 3]):
+        np.testing.assert_array_equal(class_heatmap(odd, X[:3], classes=classes),
+                                      full[:, [2, 0]])
     valid = class_heatmap(odd, X[:3], padding=0)
     # unpadded patch (r, c) is the 'same' patch centred at (r + 1, c + 1) for T = 3
-    np.testing.assert_allclose(valid, full[:, :, 1:-1, 1:-1], atol=1e-5)
-    with pytest.raises(ValueError, match=r"classes \[4\] are not among"):
-        class_heatmap(odd, X[:3], classes=[4])
+    _assert_close(valid, full[:, :, 1:-1, 1:-1])
+
+
+def test_heatmap_classes_not_among_classes_name_the_parameter(odd, data):
+    X, _ = data
+    for bad, shown in [([4], r"\[4\]"), (["cat", "dog"], r"\['cat', 'dog'\]"),
+                       ([3, "cat"], r"\['cat'\]")]:
+        with pytest.raises(ValueError, match=rf"classes holds labels {shown} that are not "
+                                             r"among the estimator's classes_ \[3, 5, 9\]"):
+            class_heatmap(odd, X[:1], classes=bad)
+    for bad in ([], [[3, 5]]):
+        with pytest.raises(ValueError, match="classes must be a non-empty 1-D list"):
+            class_heatmap(odd, X[:1], classes=bad)
+    with pytest.raises(ValueError, match="'classes' parameter"):
+        class_heatmap(odd, X[:1], classes=3)
+
+
+def test_heatmap_string_labels_on_any_patch_estimator():
+    y = np.array([0, 1, 1])
+    est = _OneGoodPatch(y)
+    est.classes_ = np.array(["cat", "dog"])
+    X = np.zeros((3, 1))
+    logits = est.patch_logits(X)
+    np.testing.assert_array_equal(class_heatmap(est, X, classes=["dog"]), logits[:, [1]])
+    labels = np.array(["dog", "cat", "dog"], dtype=object)
+    np.testing.assert_array_equal(class_heatmap(est, X, classes=labels), logits[:, [1, 0, 1]])
+
+
+def test_heatmap_selects_classes_before_the_host_copy(odd, data, monkeypatch):
+    X, _ = data
+    full = class_heatmap(odd, X[:3])
+    copied = []
+    cpu = torch.Tensor.cpu
+
+    def recording_cpu(tensor, *args, **kwargs):
+        copied.append(tuple(tensor.shape))
+        return cpu(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", recording_cpu)
+    maps = class_heatmap(odd, X[:3], classes=[5])
+    np.testing.assert_array_equal(maps, full[:, [1]])
+    assert copied and all(shape[1] == 1 for shape in copied)
 
 
 def test_blackout_fraction_zero_equals_score_and_log_loss(odd, data):
@@ -139,6 +198,56 @@ def test_blackout_is_reproducible_with_random_state(odd, data):
     a = blackout_scores(odd, X, y, fractions=[0.5], random_state=3)
     b = blackout_scores(odd, X, y, fractions=[0.5], random_state=3)
     np.testing.assert_array_equal(a["log_loss"], b["log_loss"])
+
+
+@pytest.mark.parametrize("inference", ["patches", "image"])
+def test_verbose_shows_a_progress_bar_on_stderr_and_changes_nothing(
+    odd, data, capsys, monkeypatch, inference
+):
+    X, y = data
+    monkeypatch.setattr(odd, "inference", inference)
+
+    def run():
+        return [odd.predict_proba(X), odd.patch_logits(X), class_heatmap(odd, X[:2]),
+                blackout_scores(odd, X, y, fractions=[0.5], random_state=0)["log_loss"]]
+
+    silent = run()
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""
+    monkeypatch.setattr(odd, "verbose", 1)
+    shown = run()
+    out, err = capsys.readouterr()
+    assert out == ""
+    # one bar per call, counting the images to the end
+    bar = "image logits" if inference == "image" else "patch logits"
+    assert err.count(f"PatchCNNClassifier {bar}: 100%") >= 1
+    assert err.count("PatchCNNClassifier patch logits: 100%") >= 3
+    assert f"{len(X)}/{len(X)}" in err and "2/2" in err
+    for a, b in zip(shown, silent):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_verbose_without_tqdm_is_silent(odd, data, capsys, monkeypatch):
+    X, _ = data
+    monkeypatch.setattr(odd, "verbose", 1)
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    proba = odd.predict_proba(X)
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(odd, "verbose", 0)
+    np.testing.assert_array_equal(proba, odd.predict_proba(X))
+
+
+def test_user_guide_heatmap_snippets_run(odd, data):
+    """inspection.rst's doctest, and bagnet.rst's snippet on an estimator with integer labels."""
+    failed, attempted = doctest.testfile(str(DOCS / "inspection.rst"), module_relative=False)
+    plt.close("all")
+    assert attempted > 0 and failed == 0
+    text = (DOCS / "bagnet.rst").read_text()
+    block = text[text.index("    from skpatch import class_heatmap"):].split("\n\n")[0]
+    X, _ = data
+    namespace = {"clf": odd, "X": X}
+    exec(compile(block.replace("\n    ", "\n").strip(), "bagnet.rst", "exec"), namespace)
+    np.testing.assert_array_equal(namespace["maps"], class_heatmap(odd, X[:1])[:, :2])
 
 
 def test_bad_inputs(odd, data):
