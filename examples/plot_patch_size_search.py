@@ -24,7 +24,8 @@ from skpatch.datasets import load_digits_images
 
 torch.set_num_threads(1)  # small networks run fastest on one thread
 digits = load_digits_images()
-X, y = digits.images[:600] / 16.0, digits.target[:600]
+# uint8 images as they are: the classifier scales them to [0, 1] itself
+X, y = digits.images[:600], digits.target[:600]
 
 search = GridSearchCV(
     PatchCNNClassifier(module="resnet10", width=8, max_epochs=6, batch_size=64,

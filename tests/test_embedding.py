@@ -18,6 +18,20 @@ def _images(n=12, size=7, channels=3, seed=0):
     return images.astype(np.float64)
 
 
+F32 = np.finfo(np.float32).eps
+
+
+def _whitening_rtol(emb):
+    """Whitened variances are 1 up to float32 rounding (patches, ``whitening_``).
+
+    The rounding of the patches perturbs the covariance by about eps32 of its
+    largest eigenvalue; whitening divides it by the smallest one.
+    """
+    eigenvalues = emb.explained_variance_
+    condition = eigenvalues[0] / (eigenvalues[-1] + emb.whiten_reg)
+    return eigenvalues.size * F32 * condition
+
+
 def _patches_loop(images, p):
     """Every p x p patch, image-major then row-major, by plain loops (reference)."""
     n, height, width, channels = images.shape
