@@ -12,6 +12,8 @@ import io
 import os
 import pickle
 import tarfile
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,38 @@ def _select(parts, subset):
     return parts[-2]
 
 
+def _folder_error(err):
+    raise OSError(
+        f"cannot list the folder {err.filename!r} ({err.strerror or err}): its images "
+        "would be missing from the data set; fix its permissions or remove it."
+    ) from err
+
+
+def _check_no_empty_class(path, folders, image_folders, subset):
+    """Raise for a class folder with no image in it.
+
+    A leaf folder without images beside folders that do hold classes would
+    otherwise vanish from ``target_names`` and shift every class index.
+    """
+    has_subfolder = {folder[:-1] for folder in folders}
+    class_parents = {folder[:-1] for folder in image_folders}
+    empty = sorted(
+        folder
+        for folder in folders - image_folders
+        if folder not in has_subfolder
+        and folder[:-1] in class_parents
+        and not folder[-1].startswith(".")
+        and _select(folder + ("image",), subset) is not None
+    )
+    if empty:
+        names = [str(Path(path, *folder)) for folder in empty[:5]]
+        raise ValueError(
+            f"class folder(s) {names} in {str(path)!r} hold no image files; expected "
+            "images (jpg, png, ...) in every class folder. Add them or remove the "
+            "folder, so that the class numbering is the one you expect."
+        )
+
+
 def _read_folder(path, subset):
     """Sorted ``(class_name, name, bytes)`` of a directory or tar archive.
 
@@ -99,22 +133,41 @@ def _read_folder(path, subset):
     """
     path = Path(path)
     entries = []
+    folders = set()  # relative parts of every folder, to find empty classes
+    image_folders = set()
     if path.is_dir():
-        for file in path.rglob("*"):
-            if file.is_file() and _is_image_name(file.name):
-                cls = _select(file.relative_to(path).parts, subset)
-                if cls is not None:
-                    entries.append((cls, str(file), file))
-        entries = [(cls, name, file.read_bytes()) for cls, name, file in entries]
-    elif path.is_file() and tarfile.is_tarfile(path):
-        # one sequential pass: seeking in a .tar.gz re-decompresses it
-        with tarfile.open(path, mode="r|*") as archive:
-            for info in archive:
-                if info.isfile() and _is_image_name(info.name):
-                    cls = _select(Path(info.name).parts, subset)
+        # os.walk with onerror: Path.rglob silently skips folders it cannot list
+        for top, dirnames, filenames in os.walk(path, onerror=_folder_error):
+            relative = Path(top).relative_to(path).parts
+            folders.update(relative + (d,) for d in dirnames)
+            for name in filenames:
+                if _is_image_name(name):
+                    cls = _select(relative + (name,), subset)
                     if cls is not None:
-                        data = archive.extractfile(info).read()
-                        entries.append((cls, info.name, data))
+                        entries.append((cls, os.path.join(top, name)))
+                        image_folders.add(relative)
+        entries = [(cls, name, Path(name).read_bytes()) for cls, name in entries]
+    elif path.is_file() and tarfile.is_tarfile(path):
+        try:
+            # one sequential pass: seeking in a .tar.gz re-decompresses it
+            with tarfile.open(path, mode="r|*") as archive:
+                for info in archive:
+                    parts = Path(info.name).parts
+                    folders.update(parts[:k] for k in range(1, len(parts)))
+                    if info.isdir():
+                        folders.add(parts)
+                    elif info.isfile() and _is_image_name(info.name):
+                        cls = _select(parts, subset)
+                        if cls is not None:
+                            data = archive.extractfile(info).read()
+                            entries.append((cls, info.name, data))
+                            image_folders.add(parts[:-1])
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+            raise ValueError(
+                f"{str(path)!r} is a truncated or corrupt tar archive "
+                f"({type(err).__name__}: {err}); expected a complete (possibly "
+                "compressed) tar of <class>/<image> files."
+            ) from err
     else:
         raise ValueError(
             "path must be a directory or a tar archive of <class>/<image> files, "
@@ -126,18 +179,52 @@ def _read_folder(path, subset):
             f"no images found{where} in {str(path)!r}: expected "
             "[<subset>/]<class>/<image> files (jpg, png, ...)."
         )
+    _check_no_empty_class(path, folders, image_folders, subset)
     entries.sort(key=lambda entry: (entry[0], entry[1]))
     return entries
 
 
-def _decode(data, size):
+class _ImageError(ValueError):
+    """An image that decodes but whose values have no faithful uint8 mapping."""
+
+
+def _to_8bit(image, name):
+    """The Pillow image in a mode whose values are 0..255."""
+    from PIL import Image
+
+    mode = image.mode
+    # PNG stores at most 16 bits, so mode 'I' from a PNG (older Pillow) is 16-bit too
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):
+        values = np.asarray(image).astype(np.uint32)
+        # round(v * 255 / 65535) == round(v / 257); no ties since 257 is odd
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8))
+    if mode in ("I", "F"):
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise _ImageError(
+                f"the image {name} has {mode}-mode values {values.min()}..{values.max()}; "
+                "expected 8-bit (0..255) or 16-bit PNG grey levels."
+            )
+        return Image.fromarray(np.rint(values).astype(np.uint8))
+    return image.convert("L" if mode in ("1", "L") else "RGB")
+
+
+def _decode(data, size, name):
     from PIL import Image  # Pillow is only needed by the folder loaders
 
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("L" if image.mode in ("1", "L", "I;16", "I") else "RGB")
-        if size is not None and image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = _to_8bit(image, name)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (_ImageError, MemoryError):
+        raise
+    except Exception as err:  # Pillow raises many types on corrupt data
+        raise ValueError(
+            f"cannot decode the image {name} ({type(err).__name__}: {err}); expected "
+            "a complete image file (jpg, png, ...)."
+        ) from err
 
 
 def _stack_images(arrays, size):
@@ -164,6 +251,56 @@ def _default_cache_dir():
     return Path(
         os.environ.get("SKPATCH_CACHE", Path.home() / ".cache" / "skpatch")
     )
+
+
+def _cache_dir(cache_dir):
+    cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(
+            f"cache_dir {str(cache_dir)!r} exists and is not a directory; expected a "
+            "folder for the .npz cache (created if missing), or pass cache=False."
+        )
+    return cache_dir
+
+
+def _load_cache(cache_file, path):
+    """``(images, target, target_names, filenames)`` of a cache, or None if broken."""
+    try:
+        with np.load(cache_file, allow_pickle=False) as stored:
+            images, target = stored["images"], stored["target"]
+            target_names, filenames = stored["target_names"], stored["filenames"]
+        if not (
+            images.dtype == np.uint8
+            and images.ndim in (3, 4)
+            and target.dtype.kind in "iu"
+            and target.shape == filenames.shape == (len(images),)
+            and (target.size == 0 or 0 <= target.min() <= target.max() < len(target_names))
+        ):
+            raise ValueError("its arrays do not fit together")
+    except MemoryError:
+        raise
+    except Exception as err:  # a broken zip raises many types
+        warnings.warn(
+            f"the cache file {cache_file} is unreadable ({type(err).__name__}: {err}); "
+            f"decoding {path} again and rewriting the cache.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    return images, target, target_names, filenames
+
+
+def _write_cache(cache_file, **arrays):
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot create the cache_dir {str(cache_file.parent)!r} ({err}); expected "
+            "a writable folder, or pass cache=False."
+        ) from err
+    tmp = cache_file.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache_file)  # atomic: a reader never sees half a cache
 
 
 def load_image_folder(
@@ -205,11 +342,10 @@ def load_image_folder(
         size = check_size_pair(size, "size")
     cache_file = None
     if cache and Path(path).is_file():
-        cache_file = _cache_path(path, subset, size, cache_dir or _default_cache_dir())
-        if cache_file.exists():
-            with np.load(cache_file, allow_pickle=False) as stored:
-                images, target = stored["images"], stored["target"]
-                target_names, filenames = stored["target_names"], stored["filenames"]
+        cache_file = _cache_path(path, subset, size, _cache_dir(cache_dir))
+        cached = _load_cache(cache_file, path) if cache_file.exists() else None
+        if cached is not None:
+            images, target, target_names, filenames = cached
             return _result(
                 images,
                 target,
@@ -223,18 +359,18 @@ def load_image_folder(
     class_index = {name: i for i, name in enumerate(target_names)}
     target = np.array([class_index[cls] for cls, _, _ in entries], dtype=np.int64)
     filenames = np.array([name for _, name, _ in entries])
-    images = _stack_images([_decode(data, size) for _, _, data in entries], size)
+    where = "" if Path(path).is_dir() else f" in the archive {str(path)!r}"
+    images = _stack_images(
+        [_decode(data, size, f"{name!r}{where}") for _, name, data in entries], size
+    )
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
+        _write_cache(
+            cache_file,
             images=images,
             target=target,
             target_names=np.array(target_names),
             filenames=filenames,
         )
-        os.replace(tmp, cache_file)
     descr = (
         f"Images from {path}" + (f" (subset {subset!r})" if subset else "") + f": "
         f"{len(images)} images of shape {images.shape[1:]}, {len(target_names)} classes."
@@ -262,17 +398,140 @@ def _find_cifar_batches(root):
     return None
 
 
-def _read_cifar_batch(path):
+def _numpy_module(name):
+    """``numpy._core.<name>`` (numpy 2) or ``numpy.core.<name>`` (numpy 1)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"numpy._core.{name}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{name}")
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    # Python 3 writes bytes in protocol 2 as _codecs.encode(text, 'latin1')
+    if not isinstance(text, str) or encoding != "latin1" or errors != "strict":
+        raise pickle.UnpicklingError(
+            f"_codecs.encode called with {encoding!r}, expected 'latin1' bytes."
+        )
+    return text.encode("latin1")
+
+
+def _pickle_globals():
+    multiarray, numeric = _numpy_module("multiarray"), _numpy_module("numeric")
+    allowed = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+        ("__builtin__", "bytes"): bytes,
+        ("builtins", "bytes"): bytes,
+    }
+    # the official files name numpy.core; numpy 2 writes numpy._core
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only the globals that rebuild numpy arrays, never arbitrary code."""
+
+    def __init__(self, file, path, **kwargs):
+        super().__init__(file, **kwargs)
+        self._path = path
+        self._allowed = _pickle_globals()
+
+    def find_class(self, module, name):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(
+                f"{self._path} refers to the global {module}.{name}, which a CIFAR-10 "
+                "file never holds (only dicts, lists, strings, ints and numpy arrays); "
+                "refusing to unpickle it."
+            ) from None
+
+
+def _load_pickle(path, encoding):
     with open(path, "rb") as handle:
-        batch = pickle.load(handle, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        try:
+            return _CifarUnpickler(handle, path, encoding=encoding).load()
+        except (_ForbiddenGlobal, MemoryError):
+            raise
+        except Exception as err:  # a corrupt pickle raises many types
+            raise ValueError(
+                f"{path} is not a readable CIFAR-10 python pickle ({type(err).__name__}: "
+                f"{err}); expected a complete file of the python release "
+                "(empty, truncated or corrupt?)."
+            ) from err
+
+
+def _entry(batch, key, path, expected):
+    """``batch[key]`` under a bytes or str key."""
+    if isinstance(batch, dict):
+        for candidate in (key.encode(), key):
+            if candidate in batch:
+                return batch[candidate]
+    found = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+    raise ValueError(f"{path} lacks the key {key!r} (found {found}); expected {expected}.")
+
+
+def _integer_array(value, path, key):
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {key!r} is not an integer array ({err}).") from err
+    if array.size == 0:
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"{path}: {key!r} has dtype {array.dtype}, expected integers.")
+    return array
+
+
+def _check_range(array, low, high, path, what, why=""):
+    if array.dtype == np.uint8 and (low, high) == (0, 255):
+        return
+    if array.size and (array.min() < low or array.max() > high):
+        bad = np.unique(array[(array < low) | (array > high)])
         raise ValueError(
-            f"{path} is not a CIFAR-10 batch: data {data.shape}, {len(labels)} labels; "
+            f"{path}: {what} {bad[:5].tolist()} outside the expected {low}..{high}{why}."
+        )
+
+
+def _read_cifar_batch(path):
+    batch = _load_pickle(path, "bytes")
+    expected = "a CIFAR-10 batch with keys b'data' and b'labels'"
+    data = _integer_array(_entry(batch, "data", path, expected), path, "data")
+    labels = _integer_array(_entry(batch, "labels", path, expected), path, "labels")
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
+        raise ValueError(
+            f"{path} is not a CIFAR-10 batch: data {data.shape}, labels {labels.shape}; "
             "expected (n, 3072) pixels and n labels."
         )
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+    _check_range(data, 0, 255, path, "pixel values")  # a cast would wrap them
+    _check_range(labels, 0, 9, path, "labels", " (CIFAR-10 has 10 classes)")
+    data = data.astype(np.uint8, copy=False)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+def _read_cifar_meta(path):
+    meta = _load_pickle(path, "latin1")
+    names = _entry(meta, "label_names", path, "the CIFAR-10 batches.meta")
+    if not (
+        isinstance(names, (list, tuple))
+        and len(names) == len(CIFAR10_CLASSES)
+        and all(isinstance(name, (str, bytes)) for name in names)
+    ):
+        raise ValueError(
+            f"{path}: label_names is {names!r:.200}; expected the "
+            f"{len(CIFAR10_CLASSES)} CIFAR-10 class names as strings."
+        )
+    return [name.decode("latin1") if isinstance(name, bytes) else name for name in names]
 
 
 def load_cifar10(root, *, subset="train", cache=True, cache_dir=None, return_X_y=False):
@@ -328,13 +587,8 @@ def load_cifar10(root, *, subset="train", cache=True, cache_dir=None, return_X_y
         parts = [_read_cifar_batch(batches_dir / n) for n in names]
         images = np.concatenate([p[0] for p in parts])
         target = np.concatenate([p[1] for p in parts])
-        target_names = CIFAR10_CLASSES
         meta = batches_dir / "batches.meta"
-        if meta.is_file():
-            with open(meta, "rb") as handle:
-                label_names = pickle.load(handle, encoding="latin1").get("label_names")
-            if label_names:
-                target_names = list(label_names)
+        target_names = _read_cifar_meta(meta) if meta.is_file() else CIFAR10_CLASSES
         descr = _CIFAR_DESCR + f"\n\nLoaded {len(images)} {subset} images from {batches_dir}."
         return _result(images, target, target_names, descr, return_X_y)
     folder = load_image_folder(
@@ -359,17 +613,37 @@ def load_cifar10(root, *, subset="train", cache=True, cache_dir=None, return_X_y
 # --------------------------------------------------------------------------- #
 
 
+_IDX_KINDS = {2049: "labels", 2051: "images"}
+
+
 def _read_idx(path, magic, ndim):
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
+    expected = f"a gzip IDX {_IDX_KINDS[magic]} file (magic {magic})"
+    with open(path, "rb") as raw:
+        try:
+            data = gzip.GzipFile(fileobj=raw).read()
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(
+                f"{path} is not a readable gzip file ({type(err).__name__}: {err}); "
+                f"expected {expected}."
+            ) from err
+    n_header = 4 * (1 + ndim)
+    if len(data) < n_header:
+        raise ValueError(
+            f"{path} holds {len(data)} bytes, too few for an IDX header; expected {expected}."
+        )
     header = np.frombuffer(data, dtype=">i4", count=1 + ndim)
     if int(header[0]) != magic:
-        raise ValueError(f"{path} is not an IDX file with magic {magic}.")
+        other = _IDX_KINDS.get(int(header[0]))
+        hint = f" (an IDX {other} file: were the files swapped?)" if other else ""
+        raise ValueError(f"{path} has magic {int(header[0])}{hint}; expected {expected}.")
     shape = tuple(int(d) for d in header[1:])
-    values = np.frombuffer(data, dtype=np.uint8, offset=4 * (1 + ndim))
-    if values.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: {values.size} bytes for shape {shape}.")
-    return values.reshape(shape)
+    n_values = len(data) - n_header
+    if min(shape) < 0 or n_values != np.prod(shape, dtype=np.int64):
+        raise ValueError(
+            f"{path} holds {n_values} bytes after its header for the shape {shape}: "
+            f"truncated or corrupt; expected {expected} of that shape."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=n_header).reshape(shape)
 
 
 def load_fashion_mnist(root=None, *, subset="train", return_X_y=False):
@@ -405,6 +679,7 @@ def load_fashion_mnist(root=None, *, subset="train", return_X_y=False):
         )
     images = _read_idx(image_path, 2051, 3)
     target = _read_idx(label_path, 2049, 1).astype(np.int64)
+    _check_range(target, 0, 9, label_path, "labels", " (Fashion-MNIST has 10 classes)")
     if len(images) != len(target):
         raise ValueError(f"{len(images)} images but {len(target)} labels in {root}.")
     descr = (

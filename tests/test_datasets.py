@@ -4,7 +4,9 @@ import gzip
 import hashlib
 import os
 import pickle
+import re
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +236,313 @@ def test_real_fashion_mnist():
     test = load_fashion_mnist(subset="test")
     assert test.images.shape == (10000, 28, 28)
     np.testing.assert_array_equal(np.bincount(test.target), [1000] * 10)
+
+
+# ------------------------------------------------------------ hardening
+
+
+def _names(path):
+    """Regex matching ``path`` verbatim inside an error message."""
+    return re.escape(str(path))
+
+
+class _WritesMarker:
+    """Unpickling this runs code: it writes ``marker`` (exec) or touches it (shell)."""
+
+    def __init__(self, marker, how):
+        self.marker, self.how = str(marker), how
+
+    def __reduce__(self):
+        if self.how == "os.system":
+            return os.system, (f"touch {self.marker}",)
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("how", ["exec", "os.system"])
+@pytest.mark.parametrize("name", ["test_batch", "batches.meta"])
+def test_cifar10_refuses_pickles_that_run_code(cifar_batches, tmp_path, name, how):
+    root, _ = cifar_batches
+    marker = tmp_path / "marker"
+    payload = pickle.dumps({b"data": _WritesMarker(marker, how), b"labels": []}, protocol=2)
+    # the crafted file is dangerous: a plain pickle.loads runs its code
+    pickle.loads(payload)
+    assert marker.exists()
+    marker.unlink()
+    target = root / "cifar-10-batches-py" / name
+    target.write_bytes(payload)
+    # protocol 2 names Python 2's module: __builtin__.exec
+    global_name = "__builtin__.exec" if how == "exec" else f"{os.system.__module__}.system"
+    with pytest.raises(pickle.UnpicklingError, match=_names(target)) as info:
+        load_cifar10(root, subset="test")
+    assert global_name in str(info.value) and "refusing" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_restricted_unpickler_reads_numpy_pickles(tmp_path, protocol):
+    # numpy pickles arrays via _reconstruct (protocols 2-4) or _frombuffer (5),
+    # bytes via _codecs.encode and numpy ints via scalar under protocol 2
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([7, 0, 9])
+    batch = {
+        b"batch_label": b"",
+        b"labels": [np.int64(v) for v in labels],
+        b"data": images.transpose(0, 3, 1, 2).reshape(3, 3072),
+    }
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    meta = {"label_names": [f"c{i}" for i in range(10)], "num_vis": 3072}
+    (tmp_path / "batches.meta").write_bytes(pickle.dumps(meta, protocol=protocol))
+    bunch = load_cifar10(tmp_path, subset="test")
+    np.testing.assert_array_equal(bunch.images, images)
+    np.testing.assert_array_equal(bunch.target, labels)
+    assert list(bunch.target_names) == meta["label_names"]
+
+
+def _cifar_error(root, name, batch=None, raw=None):
+    path = root / "cifar-10-batches-py" / name
+    path.write_bytes(raw if raw is not None else pickle.dumps(batch, protocol=2))
+    return path
+
+
+@pytest.mark.parametrize(
+    "labels, data, expected",
+    [
+        ([0, 10], None, r"labels \[10\] outside the expected 0\.\.9"),
+        ([-1, 3], None, r"labels \[-1\] outside the expected 0\.\.9"),
+        ([0, 1], 256, r"pixel values \[256\] outside the expected 0\.\.255"),
+        ([0, 1], -3, r"pixel values \[-3\] outside the expected 0\.\.255"),
+    ],
+)
+def test_cifar10_out_of_range_values(cifar_batches, labels, data, expected):
+    root, _ = cifar_batches
+    pixels = np.zeros((2, 3072), dtype=np.int64)
+    if data is not None:
+        pixels[1, 5] = data  # a uint8 cast would wrap it silently
+    path = _cifar_error(root, "test_batch", {b"data": pixels, b"labels": labels})
+    with pytest.raises(ValueError, match=_names(path)) as info:
+        load_cifar10(root, subset="test")
+    assert re.search(expected, str(info.value))
+
+
+def test_cifar10_int_pixels_in_range_are_exact(cifar_batches):
+    root, parts = cifar_batches
+    images, labels = parts["test_batch"]
+    pixels = images.transpose(0, 3, 1, 2).reshape(len(images), 3072).astype(np.int64)
+    _cifar_error(root, "test_batch", {b"data": pixels, b"labels": list(map(int, labels))})
+    np.testing.assert_array_equal(load_cifar10(root, subset="test").images, images)
+
+
+@pytest.mark.parametrize("label_names", [CIFAR10_CLASSES[:9], "airplane", None])
+def test_cifar10_meta_needs_ten_label_names(cifar_batches, label_names):
+    root, _ = cifar_batches
+    meta = {"num_vis": 3072} if label_names is None else {"label_names": label_names}
+    path = _cifar_error(root, "batches.meta", meta)
+    expected = "label_names" if label_names is None else "10 CIFAR-10 class names"
+    with pytest.raises(ValueError, match=_names(path)) as info:
+        load_cifar10(root, subset="test")
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kind", ["empty", "garbage", "truncated", "no data", "no labels", "a list"]
+)
+def test_cifar10_corrupt_batches_name_the_file(cifar_batches, kind):
+    root, _ = cifar_batches
+    good = (root / "cifar-10-batches-py" / "test_batch").read_bytes()
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [1]}
+    raw, expected = {
+        "empty": (b"", "not a readable CIFAR-10 python pickle"),
+        "garbage": (b"\x00not a pickle at all" * 10, "not a readable CIFAR-10 python pickle"),
+        "truncated": (good[: len(good) // 2], "not a readable CIFAR-10 python pickle"),
+        "no data": (pickle.dumps({b"labels": [1]}), "lacks the key 'data'"),
+        "no labels": (pickle.dumps({b"data": batch[b"data"]}), "lacks the key 'labels'"),
+        "a list": (pickle.dumps([1, 2]), "lacks the key 'data'"),
+    }[kind]
+    path = _cifar_error(root, "test_batch", raw=raw)
+    with pytest.raises(ValueError, match=_names(path)) as info:
+        load_cifar10(root, subset="test")
+    assert expected in str(info.value)
+    assert "expected" in str(info.value)
+
+
+def test_image_folder_unlistable_class_folder_is_an_error(tmp_path, monkeypatch):
+    rng = np.random.default_rng(6)
+    _make_folder(tmp_path, rng)
+    blocked = tmp_path / "train" / "dog"
+    scandir = os.scandir
+
+    def failing_scandir(path="."):
+        # tests run as root, where chmod 000 does not stop reads: simulate it
+        if Path(path) == blocked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing_scandir)
+    with pytest.raises(OSError, match=_names(blocked)) as info:
+        load_image_folder(tmp_path, subset="train")
+    assert "Permission denied" in str(info.value)
+
+
+@pytest.mark.parametrize("as_archive", [False, True])
+def test_image_folder_class_folder_without_images_is_an_error(tmp_path, as_archive):
+    rng = np.random.default_rng(7)
+    tree = tmp_path / "tree"
+    _make_folder(tree, rng)
+    empty = tree / "train" / "bee"  # sorts first: dropping it would shift every index
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    path = tree
+    if as_archive:
+        path = tmp_path / "images.tar"
+        with tarfile.open(path, "w") as archive:
+            archive.add(tree, arcname="tree")
+        empty = Path("tree", "train", "bee")
+    with pytest.raises(ValueError, match="hold no image files") as info:
+        load_image_folder(path, subset="train")
+    assert str(empty if not as_archive else Path(path, empty)) in str(info.value)
+    # the other subset has no such folder and still loads
+    assert list(load_image_folder(path, subset="test").target_names) == ["ant", "cat", "dog"]
+
+
+def test_image_folder_corrupt_images_name_the_file(tmp_path):
+    rng = np.random.default_rng(8)
+    _make_folder(tmp_path, rng)
+    good = (tmp_path / "train" / "ant" / "0.png").read_bytes()
+    garbage = tmp_path / "train" / "ant" / "0.png"
+    garbage.write_bytes(b"this is not a png" * 20)
+    with pytest.raises(ValueError, match=_names(garbage)) as info:
+        load_image_folder(tmp_path, subset="train")
+    assert "cannot decode the image" in str(info.value)
+    assert "expected a complete image file" in str(info.value)
+    truncated = tmp_path / "test" / "cat" / "1.png"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=_names(truncated)):
+        load_image_folder(tmp_path, subset="test")
+
+
+def test_image_folder_truncated_archive_names_the_file(tmp_path):
+    rng = np.random.default_rng(9)
+    _make_folder(tmp_path / "tree", rng, size=(32, 32))
+    path = tmp_path / "images.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(tmp_path / "tree", arcname="tree")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ValueError, match=_names(path)) as info:
+        load_image_folder(path)
+    assert "truncated or corrupt tar archive" in str(info.value)
+
+
+def test_image_folder_16bit_png_is_scaled_to_uint8(tmp_path):
+    values = np.array(
+        [[0, 1, 128, 129, 256, 385], [32767, 32768, 40000, 65407, 65408, 65535]],
+        dtype=np.uint16,
+    )
+    (tmp_path / "a").mkdir()
+    Image.fromarray(values).save(tmp_path / "a" / "x.png")
+    assert Image.open(tmp_path / "a" / "x.png").mode == "I;16"
+    images = load_image_folder(tmp_path).images
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert images.dtype == np.uint8
+    np.testing.assert_array_equal(images[0], expected)
+    assert expected[1, 1] == 128 and expected[1, 5] == 255  # not clipped to 255
+
+
+def test_image_folder_32bit_images_outside_0_255_are_an_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    small = np.array([[0, 7, 255]], dtype=np.int32)
+    Image.fromarray(small).save(tmp_path / "a" / "x.tif")
+    np.testing.assert_array_equal(load_image_folder(tmp_path).images[0], small)
+    path = tmp_path / "a" / "x.tif"
+    Image.fromarray(np.array([[0, 70000, 3]], dtype=np.int32)).save(path)
+    with pytest.raises(ValueError, match=_names(path)) as info:
+        load_image_folder(tmp_path)
+    assert "expected 8-bit (0..255)" in str(info.value)
+
+
+def _archive_with_cache(tmp_path):
+    rng = np.random.default_rng(10)
+    expected = _make_folder(tmp_path / "tree", rng)
+    path = tmp_path / "images.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        archive.add(tmp_path / "tree", arcname="tree")
+    return path, expected
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_image_folder_broken_cache_is_decoded_again(tmp_path, damage):
+    path, expected = _archive_with_cache(tmp_path)
+    cache_dir = tmp_path / "cache"
+    load_image_folder(path, subset="train", cache=True, cache_dir=cache_dir)
+    (cache_file,) = cache_dir.glob("*.npz")
+    data = cache_file.read_bytes()
+    cache_file.write_bytes(
+        {"garbage": b"not a zip" * 50, "truncated": data[: len(data) // 2], "empty": b""}[
+            damage
+        ]
+    )
+    with pytest.warns(UserWarning, match=_names(cache_file)):
+        bunch = load_image_folder(path, subset="train", cache=True, cache_dir=cache_dir)
+    np.testing.assert_array_equal(bunch.images, expected["train"][0])
+    np.testing.assert_array_equal(bunch.target, expected["train"][1])
+    # the cache was rewritten: the next load is served from it without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load_image_folder(path, subset="train", cache=True, cache_dir=cache_dir)
+    assert again.DESCR.endswith("(cached decode).")
+    np.testing.assert_array_equal(again.images, expected["train"][0])
+
+
+def test_cache_dir_that_is_a_file_is_an_error(tmp_path):
+    path, _ = _archive_with_cache(tmp_path)
+    cache_dir = tmp_path / "not_a_folder"
+    cache_dir.write_text("")
+    with pytest.raises(ValueError, match=_names(cache_dir)) as info:
+        load_cifar10(path, subset="train", cache_dir=cache_dir)
+    assert "cache_dir" in str(info.value) and "is not a directory" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["not gzip", "truncated gzip", "swapped", "short payload", "empty"])
+def test_fashion_mnist_corrupt_files_name_the_file(tmp_path, kind):
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
+    labels = np.array([1, 2, 3, 4])
+    image_path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    label_path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    _write_idx(image_path, images, 2051)
+    _write_idx(label_path, labels, 2049)
+    if kind == "not gzip":
+        label_path.write_bytes(np.array([2049, 4], ">i4").tobytes() + bytes([1, 2, 3, 4]))
+        expected = "not a readable gzip file"
+    elif kind == "truncated gzip":
+        data = image_path.read_bytes()
+        image_path.write_bytes(data[: len(data) // 2])
+        expected = "not a readable gzip file"
+    elif kind == "swapped":
+        label_path.write_bytes(image_path.read_bytes())  # the images file as labels
+        expected = "magic 2051 (an IDX images file: were the files swapped?)"
+    elif kind == "short payload":
+        with gzip.open(image_path, "wb") as handle:
+            handle.write(np.array([2051, 4, 28, 28], ">i4").tobytes() + bytes(100))
+        expected = "holds 100 bytes after its header for the shape (4, 28, 28)"
+    else:
+        with gzip.open(label_path, "wb") as handle:
+            handle.write(b"")
+        expected = "holds 0 bytes, too few for an IDX header"
+    broken = label_path if kind in ("not gzip", "swapped", "empty") else image_path
+    with pytest.raises(ValueError, match=_names(broken)) as info:
+        load_fashion_mnist(tmp_path, subset="test")
+    assert expected in str(info.value)
+    kind_expected = "labels file (magic 2049)" if broken == label_path else "images file (magic 2051)"
+    assert f"expected a gzip IDX {kind_expected}" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [10, 200, 255])
+def test_fashion_mnist_labels_above_9_are_an_error(tmp_path, bad):
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28)), 2051)
+    label_path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    _write_idx(label_path, np.array([0, bad, 9]), 2049)
+    with pytest.raises(ValueError, match=_names(label_path)) as info:
+        load_fashion_mnist(tmp_path, subset="test")
+    assert f"labels [{bad}] outside the expected 0..9" in str(info.value)
