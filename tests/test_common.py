@@ -26,10 +26,6 @@ class _RowsAsImages:
     """
 
     def __call__(self, X):
-        import torch
-
-        # as in _TinyPatchNet: spinning torch threads only slow the shared cores
-        torch.set_num_threads(1)
         n_samples, n_features = X.shape
         width = max(9, -(-n_features // 9))
         return X[:, np.arange(9 * width) % n_features].reshape(n_samples, 9, width)
@@ -44,8 +40,6 @@ class _TinyPatchNet:
     def __new__(cls, n_classes, in_channels):
         import torch
 
-        # the shared cores are oversubscribed; torch's spinning threads only slow down
-        torch.set_num_threads(1)
         return torch.nn.Sequential(
             torch.nn.Conv2d(in_channels, 8, 1), torch.nn.ReLU(),
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, n_classes),

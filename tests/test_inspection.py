@@ -18,9 +18,6 @@ from skpatch import PatchCNNClassifier, blackout_scores, class_heatmap
 from skpatch.inspection import _blackout_masks
 from skpatch.plotting import plot_blackout, plot_heatmap
 
-# the shared cores are oversubscribed; torch's spinning threads only slow down
-torch.set_num_threads(1)
-
 FAST = dict(module="resnet10", width=4, max_epochs=2, batch_size=16, lr=0.05,
             device="cpu", verbose=0, random_state=0)
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "user_guide"
