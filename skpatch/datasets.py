@@ -136,8 +136,10 @@ def _read_folder(path, subset):
     folders = set()  # relative parts of every folder, to find empty classes
     image_folders = set()
     if path.is_dir():
-        # os.walk with onerror: Path.rglob silently skips folders it cannot list
-        for top, dirnames, filenames in os.walk(path, onerror=_folder_error):
+        # os.walk with onerror: Path.rglob silently skips folders it cannot list;
+        # followlinks so that a symlinked class folder is read, not dropped
+        walk = os.walk(path, onerror=_folder_error, followlinks=True)
+        for top, dirnames, filenames in walk:
             relative = Path(top).relative_to(path).parts
             folders.update(relative + (d,) for d in dirnames)
             for name in filenames:
@@ -323,10 +325,11 @@ def load_image_folder(
     cache : bool, default=False
         Keep a ``.npz`` of the decoded images in ``cache_dir``, keyed by the
         path, size and modification time of ``path`` (a changed archive is
-        decoded again). Only for archives.
+        decoded again). Only for archives. A broken cache file is decoded
+        again from ``path`` and rewritten, with a ``UserWarning``.
     cache_dir : str or path-like, default=None
-        Where the cache lives; default ``$SKPATCH_CACHE`` or
-        ``~/.cache/skpatch``.
+        Where the cache lives (a folder, created if missing); default
+        ``$SKPATCH_CACHE`` or ``~/.cache/skpatch``.
     return_X_y : bool, default=False
         Return ``(images, target)`` instead of a Bunch.
 
@@ -335,6 +338,14 @@ def load_image_folder(
     data : :class:`~sklearn.utils.Bunch`
         ``images`` uint8 ``(n, H, W)`` for grayscale files or ``(n, H, W, 3)``,
         ``target`` int64 ``(n,)``, ``target_names``, ``filenames``, ``DESCR``.
+
+    Notes
+    -----
+    16-bit grey images (PNG mode ``I;16``) are scaled to uint8 by
+    ``round(v * 255 / 65535)``; 32-bit images (modes ``I``, ``F``) must hold
+    values in 0..255. A class folder without images, a folder that cannot be
+    listed, an image that cannot be decoded and a truncated archive are
+    errors that name the file or folder.
     """
     if size is not None:
         from .utils._validation import check_size_pair
@@ -571,6 +582,14 @@ def load_cifar10(root, *, subset="train", cache=True, cache_dir=None, return_X_y
     JPEG copies differ from the official pixels (about 5.8/255 on average for
     the copy in the project's shared data): say "CIFAR-10 (JPEG copy)" when
     quoting accuracies measured on one.
+
+    The batch files and ``batches.meta`` are pickles, but they are never
+    unpickled with arbitrary globals: a restricted unpickler admits only
+    dicts, lists, strings, bytes, ints and numpy's array reconstruction, and
+    raises :class:`pickle.UnpicklingError` naming the file and the global for
+    anything else. Corrupt files, missing keys, labels outside 0..9, pixel
+    values outside 0..255 and a ``batches.meta`` without the 10 label names
+    are a ``ValueError`` naming the file.
     """
     _check_subset(subset)
     root = Path(root)
@@ -665,6 +684,12 @@ def load_fashion_mnist(root=None, *, subset="train", return_X_y=False):
     data : :class:`~sklearn.utils.Bunch`
         ``images`` uint8 ``(n, 28, 28)``, ``target`` int64 in 0..9,
         ``target_names``, ``DESCR``.
+
+    Notes
+    -----
+    A file that is not gzip, is truncated, has the wrong IDX magic (images
+    and labels files swapped) or holds labels above 9 is a ``ValueError``
+    naming the file.
     """
     _check_subset(subset)
     root = Path(FASHION_MNIST_ROOT if root is None else root)

@@ -203,8 +203,9 @@ def test_real_cifar10_subset(shared_data):
     root = shared_data / "cifar-10-subset"
     # README of the shared data: 1,102 rows in data_batch_1, 1,017 in the others
     assert _md5(root / "cifar-10-batches-py" / "data_batch_1") == "06cd5f185dcef7b2f2cf254fc2572f22"
-    train = load_cifar10(root)
+    train = load_cifar10(root)  # through the restricted unpickler
     assert train.images.shape == (5170, 32, 32, 3)
+    assert list(train.target_names) == CIFAR10_CLASSES  # read from batches.meta
     np.testing.assert_array_equal(train.target[:10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3])
     labels = np.load(root / "cifar10_all_labels.npz")
     np.testing.assert_array_equal(train.target[:1102], labels["train_labels"][:1102])
@@ -405,6 +406,18 @@ def test_image_folder_class_folder_without_images_is_an_error(tmp_path, as_archi
     assert list(load_image_folder(path, subset="test").target_names) == ["ant", "cat", "dog"]
 
 
+def test_image_folder_symlinked_class_folder_is_read(tmp_path):
+    rng = np.random.default_rng(12)
+    expected = _make_folder(tmp_path / "real", rng)
+    tree = tmp_path / "tree" / "train"
+    tree.mkdir(parents=True)
+    for cls in ("ant", "cat", "dog"):
+        (tree / cls).symlink_to(tmp_path / "real" / "train" / cls, target_is_directory=True)
+    bunch = load_image_folder(tmp_path / "tree", subset="train")
+    np.testing.assert_array_equal(bunch.images, expected["train"][0])
+    np.testing.assert_array_equal(bunch.target, expected["train"][1])
+
+
 def test_image_folder_corrupt_images_name_the_file(tmp_path):
     rng = np.random.default_rng(8)
     _make_folder(tmp_path, rng)
@@ -503,7 +516,9 @@ def test_cache_dir_that_is_a_file_is_an_error(tmp_path):
     assert "cache_dir" in str(info.value) and "is not a directory" in str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["not gzip", "truncated gzip", "swapped", "short payload", "empty"])
+@pytest.mark.parametrize(
+    "kind", ["not gzip", "truncated gzip", "swapped", "short payload", "empty"]
+)
 def test_fashion_mnist_corrupt_files_name_the_file(tmp_path, kind):
     rng = np.random.default_rng(11)
     images = rng.integers(0, 256, size=(4, 28, 28), dtype=np.uint8)
@@ -534,8 +549,8 @@ def test_fashion_mnist_corrupt_files_name_the_file(tmp_path, kind):
     with pytest.raises(ValueError, match=_names(broken)) as info:
         load_fashion_mnist(tmp_path, subset="test")
     assert expected in str(info.value)
-    kind_expected = "labels file (magic 2049)" if broken == label_path else "images file (magic 2051)"
-    assert f"expected a gzip IDX {kind_expected}" in str(info.value)
+    what = "labels file (magic 2049)" if broken == label_path else "images file (magic 2051)"
+    assert f"expected a gzip IDX {what}" in str(info.value)
 
 
 @pytest.mark.parametrize("bad", [10, 200, 255])
