@@ -221,8 +221,8 @@ def _check_image_batch(images):
 def _layout_of(X):
     """The :func:`restore_layout` name of the layout ``X`` comes in."""
     ndim = getattr(X, "ndim", None)
-    if ndim is None:
-        ndim = np.ndim(X)
+    if ndim is None:  # as validate_images reads it (np.ndim would dispatch)
+        ndim = np.asarray(X).ndim
     return {3: "grayscale", 4: "channels_last"}.get(ndim, "rows")
 
 

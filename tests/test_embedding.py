@@ -32,6 +32,12 @@ def _whitening_rtol(emb):
     return eigenvalues.size * F32 * condition
 
 
+def _matmul_atol(rows, matrix):
+    """Error bound of the float32 products ``rows @ matrix``: n * eps32 * (|rows| @ |matrix|)."""
+    rows, matrix = np.abs(np.asarray(rows, np.float64)), np.abs(np.asarray(matrix, np.float64))
+    return 2 * rows.shape[-1] * F32 * (rows @ matrix).max()
+
+
 def _patches_loop(images, p):
     """Every p x p patch, image-major then row-major, by plain loops (reference)."""
     n, height, width, channels = images.shape
@@ -71,13 +77,15 @@ def test_whitening_makes_covariance_identity(whiten):
         n_patches_fit=10**6, random_state=0,
     ).fit(X)
     rows = _patches_loop(X, 3)
-    assert_allclose(emb.mean_, rows.mean(axis=0), atol=1e-6)
+    # the mean of float32-rounded patches, rounded to float32: within 2 ulp
+    assert_allclose(emb.mean_, rows.mean(axis=0), rtol=2 * F32)
     whitened = (rows - rows.mean(axis=0)) @ emb.whitening_.astype(np.float64)
     cov = np.cov(whitened, rowvar=False, bias=True)
-    assert_allclose(cov, np.eye(27), atol=2e-4)
+    assert_allclose(cov, np.eye(27), rtol=0, atol=_whitening_rtol(emb))
     if whiten == "zca":
         # ZCA is the symmetric whitening matrix, the inverse square root of the covariance
-        assert_allclose(emb.whitening_, emb.whitening_.T, atol=1e-4)
+        assert_allclose(emb.whitening_, emb.whitening_.T, rtol=0,
+                        atol=4 * F32 * np.abs(emb.whitening_).max())
 
 
 def test_whitening_regularization_matches_formula():
@@ -90,11 +98,13 @@ def test_whitening_regularization_matches_formula():
     rows = _patches_loop(X, 3)
     cov = np.cov(rows, rowvar=False, bias=True)
     eigenvalues = np.linalg.eigvalsh(cov)[::-1]
-    assert_allclose(emb.explained_variance_, eigenvalues, rtol=1e-6, atol=1e-10)
+    # float32 patches perturb the covariance by about eps32 of its largest eigenvalue
+    assert_allclose(emb.explained_variance_, eigenvalues, rtol=0,
+                    atol=eigenvalues.size * F32 * eigenvalues[0])
     whitened = (rows - rows.mean(axis=0)) @ emb.whitening_.astype(np.float64)
-    # whitened covariance has eigenvalues lambda / (lambda + reg)
+    # whitened covariance has eigenvalues lambda / (lambda + reg), all <= 1
     got = np.sort(np.linalg.eigvalsh(np.cov(whitened, rowvar=False, bias=True)))[::-1]
-    assert_allclose(got, eigenvalues / (eigenvalues + reg), atol=1e-5)
+    assert_allclose(got, eigenvalues / (eigenvalues + reg), rtol=0, atol=_whitening_rtol(emb))
 
 
 @pytest.mark.parametrize("n_neighbors", [5, 1])
@@ -127,7 +137,9 @@ def test_data_dictionary_atoms_are_whitened_patches():
     rows = _patches_loop(X, 3)
     whitened = (rows - emb.mean_) @ emb.whitening_.astype(np.float64)
     dist = ((emb.atoms_[:, None, :] - whitened[None]) ** 2).sum(axis=2)
-    assert_allclose(dist.min(axis=1), 0.0, atol=1e-8)
+    # the atoms were whitened in float32: equal up to that product's rounding
+    tolerance = _matmul_atol(rows - emb.mean_, emb.whitening_)
+    assert np.all(np.sqrt(dist.min(axis=1)) <= np.sqrt(27) * tolerance)
     assert len(set(dist.argmin(axis=1))) == 10  # drawn without replacement
 
 
@@ -160,8 +172,13 @@ def test_triangle_equals_formula(backend, n_neighbors):
         near = nearest[row]
         mean = dist[row, near].mean()
         expected[row, near] = np.maximum(0.0, mean - dist[row, near])
-    # float32 |q|^2 - 2 q.a + |a|^2 loses ~1e-4 relative on distances of order 10
-    assert_allclose(got, expected, rtol=1e-3, atol=2e-3)
+    # float32 |q|^2 - 2 q.a + |a|^2 errs by ~n eps32 (|q|^2 + |a|^2) on squared
+    # distances, hence by that over 2 d on a distance d; two distances per value
+    sq_scale = (np.sum(_brute_neighbours(emb, X)[0] ** 2, axis=1).max()
+                + np.sum(emb.atoms_.astype(np.float64) ** 2, axis=1).max())
+    atol = 2 * 27 * F32 * sq_scale / (2 * dist[np.arange(len(dist))[:, None], nearest].min())
+    assert_allclose(got, expected, rtol=0, atol=2 * atol + _matmul_atol(
+        _patches_loop(X, 3) - emb.mean_, emb.whitening_))
 
 
 @pytest.mark.parametrize("backend", ["faiss", "gemm"])
@@ -178,7 +195,9 @@ def test_full_scatters_leading_components(backend):
         expected = np.zeros((whitened.shape[0], 10, 4))
         for row in range(whitened.shape[0]):
             expected[row, nearest[row]] = whitened[row, :4]
-        assert_allclose(codes[:, s].reshape(-1, 10, 4), expected, atol=1e-5)
+        # float32 whitening of the patches against the float64 reference
+        atol = _matmul_atol(_patches_loop(X, 3) - emb.mean_, emb.whitening_)
+        assert_allclose(codes[:, s].reshape(-1, 10, 4), expected, rtol=0, atol=atol)
 
 
 def test_pooling_averages_regions():
@@ -190,9 +209,10 @@ def test_pooling_averages_regions():
     blocks = [(slice(0, 3), slice(0, 3)), (slice(0, 3), slice(3, 5)),
               (slice(3, 5), slice(0, 3)), (slice(3, 5), slice(3, 5))]
     expected = np.stack([per_position[:, r, c].mean(axis=(1, 2)) for r, c in blocks], 1)
-    assert_allclose(coarse.transform(X).reshape(3, 4, 8), expected, rtol=1e-6)
+    # float32 means of up to 9 (then 25) codes, summed in any order
+    assert_allclose(coarse.transform(X).reshape(3, 4, 8), expected, rtol=2 * 9 * F32)
     glob = PatchDictionaryEmbedding(pooling=1, **params).fit(X).transform(X)
-    assert_allclose(glob, per_position.mean(axis=(1, 2)), rtol=1e-6)
+    assert_allclose(glob, per_position.mean(axis=(1, 2)), rtol=2 * 25 * F32)
 
 
 @pytest.mark.parametrize("encoding", ["hard", "full", "triangle"])
@@ -289,7 +309,8 @@ def test_uint8_is_scaled_like_floats():
     params = dict(patch_size=3, n_atoms=10, n_neighbors=3, random_state=0)
     a = PatchDictionaryEmbedding(**params).fit_transform(X)
     b = PatchDictionaryEmbedding(**params).fit_transform(X.astype(np.float32) / 255)
-    assert_allclose(a, b, atol=1e-6)
+    # the same float32 division as the validation's: the same numbers throughout
+    assert_array_equal(a, b)
 
 
 def test_patch_normalize_removes_brightness_and_contrast():
@@ -409,14 +430,16 @@ def test_flip_invariant_codes_are_image_plus_mirror_image(encoding, n_neighbors,
     assert codes.shape[1] == emb.n_features_out_ == 2 * pooling**2 * 8 * (
         3 if encoding == "full" else 1
     )
-    assert_allclose(emb.transform(_mirror(X)), codes, atol=1e-6)
+    # a mirrored patch sums its float32 products in another order
+    atol = 48 * 2 * F32 * np.abs(codes).max()
+    assert_allclose(emb.transform(_mirror(X)), codes, rtol=0, atol=atol)
     # the same atoms without the symmetrization, on the image and on its mirror
     plain = pickle.loads(pickle.dumps(emb))
     plain.flip_invariant = False
     plain.n_features_out_ = 2 * emb.n_features_out_
     shape = (X.shape[0], 2, pooling**2, 16, -1)
     both = (plain.transform(X).reshape(shape) + plain.transform(_mirror(X)).reshape(shape)) / 2
-    assert_allclose(codes, both[:, :, :, :8].reshape(X.shape[0], -1), atol=1e-6)
+    assert_allclose(codes, both[:, :, :, :8].reshape(X.shape[0], -1), rtol=0, atol=atol)
 
 
 def test_flip_invariant_with_stride():
@@ -426,7 +449,9 @@ def test_flip_invariant_with_stride():
         patch_size=3, stride=2, n_atoms=8, n_neighbors=3, pooling=2,
         flip_invariant=True, random_state=0,
     ).fit(X)
-    assert_allclose(emb.transform(_mirror(X)), emb.transform(X), atol=1e-6)
+    codes = emb.transform(X)
+    assert_allclose(emb.transform(_mirror(X)), codes, rtol=0,
+                    atol=27 * 2 * F32 * np.abs(codes).max())
 
 
 @pytest.mark.parametrize("whiten", ["zca", "pca"])
@@ -441,11 +466,14 @@ def test_flip_invariant_dictionary_is_mirror_closed(whiten):
     pixels = emb.atoms_.astype(np.float64) @ np.linalg.inv(whitening) + emb.mean_
     mirrored = pixels.reshape(-1, 3, 3, 3)[:, :, ::-1].reshape(12, -1)
     rewhitened = (mirrored - emb.mean_) @ whitening
-    assert_allclose(rewhitened, emb.atoms_[emb.mirror_atoms_], atol=1e-4)
+    # float32 atoms through W^-1 and W: rounding amplified by the condition number of W
+    condition = np.linalg.cond(whitening)
+    assert_allclose(rewhitened, emb.atoms_[emb.mirror_atoms_], rtol=0,
+                    atol=27 * F32 * condition * np.abs(emb.atoms_).max())
     assert_array_equal(emb.mirror_atoms_[emb.mirror_atoms_], np.arange(12))
     # the whitening was fitted on a flip-symmetric sample: the mean is symmetric
     mean = emb.mean_.reshape(3, 3, 3)
-    assert_allclose(mean, mean[:, ::-1], atol=1e-6)
+    assert_allclose(mean, mean[:, ::-1], rtol=2 * F32)
 
 
 def test_flip_invariant_feature_names():
@@ -468,7 +496,8 @@ def test_power_is_signed_power_of_the_pooled_codes(encoding):
     rooted = PatchDictionaryEmbedding(power=0.5, **params).fit(X).transform(X)
     if encoding == "full":
         assert (linear < 0).any()  # the signed case is exercised
-    assert_allclose(rooted, np.sign(linear) * np.sqrt(np.abs(linear)), rtol=1e-5, atol=1e-7)
+    # the same float32 pooled codes, then a float32 square root: within a few ulp
+    assert_allclose(rooted, np.sign(linear) * np.sqrt(np.abs(linear)), rtol=4 * F32)
 
 
 @pytest.mark.parametrize(
