@@ -1,0 +1,321 @@
+"""Image folders and tar archives of class folders, with an .npz cache."""
+
+import hashlib
+import io
+import os
+import tarfile
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ._common import _IMAGE_SUFFIXES, _result
+
+
+def _is_image_name(name):
+    return name.lower().endswith(_IMAGE_SUFFIXES) and not Path(name).name.startswith(".")
+
+
+def _select(parts, subset):
+    """Class folder of an image path, or None when it is not selected."""
+    if len(parts) < 2:
+        return None  # an image at the root has no class folder
+    if subset is not None and (len(parts) < 3 or parts[-3] != subset):
+        return None
+    return parts[-2]
+
+
+def _folder_error(err):
+    raise OSError(
+        f"cannot list the folder {err.filename!r} ({err.strerror or err}): its images "
+        "would be missing from the data set; fix its permissions or remove it."
+    ) from err
+
+
+def _check_no_empty_class(path, folders, image_folders, subset):
+    """Raise for a class folder with no image in it.
+
+    A leaf folder without images beside folders that do hold classes would
+    otherwise vanish from ``target_names`` and shift every class index.
+    """
+    has_subfolder = {folder[:-1] for folder in folders}
+    class_parents = {folder[:-1] for folder in image_folders}
+    empty = sorted(
+        folder
+        for folder in folders - image_folders
+        if folder not in has_subfolder
+        and folder[:-1] in class_parents
+        and not folder[-1].startswith(".")
+        and _select(folder + ("image",), subset) is not None
+    )
+    if empty:
+        names = [str(Path(path, *folder)) for folder in empty[:5]]
+        raise ValueError(
+            f"class folder(s) {names} in {str(path)!r} hold no image files; expected "
+            "images (jpg, png, ...) in every class folder. Add them or remove the "
+            "folder, so that the class numbering is the one you expect."
+        )
+
+
+def _read_folder(path, subset):
+    """Sorted ``(class_name, name, bytes)`` of a directory or tar archive.
+
+    The class of an image is the name of its parent folder; with ``subset``
+    only images whose grandparent folder is named ``subset`` are kept.
+    """
+    path = Path(path)
+    entries = []
+    folders = set()  # relative parts of every folder, to find empty classes
+    image_folders = set()
+    if path.is_dir():
+        # os.walk with onerror: Path.rglob silently skips folders it cannot list;
+        # followlinks so that a symlinked class folder is read, not dropped
+        walk = os.walk(path, onerror=_folder_error, followlinks=True)
+        for top, dirnames, filenames in walk:
+            relative = Path(top).relative_to(path).parts
+            folders.update(relative + (d,) for d in dirnames)
+            for name in filenames:
+                if _is_image_name(name):
+                    cls = _select(relative + (name,), subset)
+                    if cls is not None:
+                        entries.append((cls, os.path.join(top, name)))
+                        image_folders.add(relative)
+        entries = [(cls, name, Path(name).read_bytes()) for cls, name in entries]
+    elif path.is_file() and tarfile.is_tarfile(path):
+        try:
+            # one sequential pass: seeking in a .tar.gz re-decompresses it
+            with tarfile.open(path, mode="r|*") as archive:
+                for info in archive:
+                    parts = Path(info.name).parts
+                    folders.update(parts[:k] for k in range(1, len(parts)))
+                    if info.isdir():
+                        folders.add(parts)
+                    elif info.isfile() and _is_image_name(info.name):
+                        cls = _select(parts, subset)
+                        if cls is not None:
+                            data = archive.extractfile(info).read()
+                            entries.append((cls, info.name, data))
+                            image_folders.add(parts[:-1])
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+            raise ValueError(
+                f"{str(path)!r} is a truncated or corrupt tar archive "
+                f"({type(err).__name__}: {err}); expected a complete (possibly "
+                "compressed) tar of <class>/<image> files."
+            ) from err
+    else:
+        raise ValueError(
+            "path must be a directory or a tar archive of <class>/<image> files, "
+            f"got {str(path)!r} (not found or not a tar archive)."
+        )
+    if not entries:
+        where = f" under a '{subset}' folder" if subset is not None else ""
+        raise ValueError(
+            f"no images found{where} in {str(path)!r}: expected "
+            "[<subset>/]<class>/<image> files (jpg, png, ...)."
+        )
+    _check_no_empty_class(path, folders, image_folders, subset)
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return entries
+
+
+class _ImageError(ValueError):
+    """An image that decodes but whose values have no faithful uint8 mapping."""
+
+def _to_8bit(image, name):
+    """The Pillow image in a mode whose values are 0..255."""
+    from PIL import Image
+
+    mode = image.mode
+    # PNG stores at most 16 bits, so mode 'I' from a PNG (older Pillow) is 16-bit too
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):
+        values = np.asarray(image).astype(np.uint32)
+        # round(v * 255 / 65535) == round(v / 257); no ties since 257 is odd
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8))
+    if mode in ("I", "F"):
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise _ImageError(
+                f"the image {name} has {mode}-mode values {values.min()}..{values.max()}; "
+                "expected 8-bit (0..255) or 16-bit PNG grey levels."
+            )
+        return Image.fromarray(np.rint(values).astype(np.uint8))
+    return image.convert("L" if mode in ("1", "L") else "RGB")
+
+
+def _decode(data, size, name):
+    from PIL import Image  # Pillow is only needed by the folder loaders
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = _to_8bit(image, name)
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (_ImageError, MemoryError):
+        raise
+    except Exception as err:  # Pillow raises many types on corrupt data
+        raise ValueError(
+            f"cannot decode the image {name} ({type(err).__name__}: {err}); expected "
+            "a complete image file (jpg, png, ...)."
+        ) from err
+
+
+def _stack_images(arrays, size):
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        if size is None:
+            raise ValueError(
+                f"images have different sizes ({sorted(shapes)[:4]}...); pass "
+                "size=(H, W) to resize them all."
+            )
+        # mixed grayscale and colour: promote the grayscale ones to RGB
+        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    return np.stack(arrays)
+
+
+def _cache_path(path, subset, size, cache_dir):
+    stat = Path(path).stat()
+    key = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{subset}|{size}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"image_folder_{digest}.npz"
+
+
+def _default_cache_dir():
+    return Path(
+        os.environ.get("SKPATCH_CACHE", Path.home() / ".cache" / "skpatch")
+    )
+
+
+def _cache_dir(cache_dir):
+    cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ValueError(
+            f"cache_dir {str(cache_dir)!r} exists and is not a directory; expected a "
+            "folder for the .npz cache (created if missing), or pass cache=False."
+        )
+    return cache_dir
+
+
+def _load_cache(cache_file, path):
+    """``(images, target, target_names, filenames)`` of a cache, or None if broken."""
+    try:
+        with np.load(cache_file, allow_pickle=False) as stored:
+            images, target = stored["images"], stored["target"]
+            target_names, filenames = stored["target_names"], stored["filenames"]
+        if not (
+            images.dtype == np.uint8
+            and images.ndim in (3, 4)
+            and target.dtype.kind in "iu"
+            and target.shape == filenames.shape == (len(images),)
+            and (target.size == 0 or 0 <= target.min() <= target.max() < len(target_names))
+        ):
+            raise ValueError("its arrays do not fit together")
+    except MemoryError:
+        raise
+    except Exception as err:  # a broken zip raises many types
+        warnings.warn(
+            f"the cache file {cache_file} is unreadable ({type(err).__name__}: {err}); "
+            f"decoding {path} again and rewriting the cache.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    return images, target, target_names, filenames
+
+
+def _write_cache(cache_file, **arrays):
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot create the cache_dir {str(cache_file.parent)!r} ({err}); expected "
+            "a writable folder, or pass cache=False."
+        ) from err
+    tmp = cache_file.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache_file)  # atomic: a reader never sees half a cache
+
+
+def load_image_folder(
+    path, *, size=None, subset=None, cache=False, cache_dir=None, return_X_y=False
+):
+    """Load a folder tree or tar archive of ``<class>/<image>`` files.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A directory or a (possibly compressed) tar archive. Each image's class
+        is the name of its parent folder; classes are numbered in sorted
+        order of their names.
+    size : int or tuple (H, W), default=None
+        Resize every image to this size with Pillow (bilinear). Without it,
+        images of different sizes are an error.
+    subset : str, default=None
+        Keep only images under a folder of this name (``'train'`` in
+        ``train/<class>/<image>``).
+    cache : bool, default=False
+        Keep a ``.npz`` of the decoded images in ``cache_dir``, keyed by the
+        path, size and modification time of ``path`` (a changed archive is
+        decoded again). Only for archives. A broken cache file is decoded
+        again from ``path`` and rewritten, with a ``UserWarning``.
+    cache_dir : str or path-like, default=None
+        Where the cache lives (a folder, created if missing); default
+        ``$SKPATCH_CACHE`` or ``~/.cache/skpatch``.
+    return_X_y : bool, default=False
+        Return ``(images, target)`` instead of a Bunch.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        ``images`` uint8 ``(n, H, W)`` for grayscale files or ``(n, H, W, 3)``,
+        ``target`` int64 ``(n,)``, ``target_names``, ``filenames``, ``DESCR``.
+
+    Notes
+    -----
+    16-bit grey images (PNG mode ``I;16``) are scaled to uint8 by
+    ``round(v * 255 / 65535)``; 32-bit images (modes ``I``, ``F``) must hold
+    values in 0..255. A class folder without images, a folder that cannot be
+    listed, an image that cannot be decoded and a truncated archive are
+    errors that name the file or folder.
+    """
+    if size is not None:
+        from ..utils._validation import check_size_pair
+
+        size = check_size_pair(size, "size")
+    cache_file = None
+    if cache and Path(path).is_file():
+        cache_file = _cache_path(path, subset, size, _cache_dir(cache_dir))
+        cached = _load_cache(cache_file, path) if cache_file.exists() else None
+        if cached is not None:
+            images, target, target_names, filenames = cached
+            return _result(
+                images,
+                target,
+                list(target_names),
+                f"Images from {path} (cached decode).",
+                return_X_y,
+                filenames=filenames,
+            )
+    entries = _read_folder(path, subset)
+    target_names = sorted({cls for cls, _, _ in entries})
+    class_index = {name: i for i, name in enumerate(target_names)}
+    target = np.array([class_index[cls] for cls, _, _ in entries], dtype=np.int64)
+    filenames = np.array([name for _, name, _ in entries])
+    where = "" if Path(path).is_dir() else f" in the archive {str(path)!r}"
+    images = _stack_images(
+        [_decode(data, size, f"{name!r}{where}") for _, name, data in entries], size
+    )
+    if cache_file is not None:
+        _write_cache(
+            cache_file,
+            images=images,
+            target=target,
+            target_names=np.array(target_names),
+            filenames=filenames,
+        )
+    descr = (
+        f"Images from {path}" + (f" (subset {subset!r})" if subset else "") + f": "
+        f"{len(images)} images of shape {images.shape[1:]}, {len(target_names)} classes."
+    )
+    return _result(images, target, target_names, descr, return_X_y, filenames=filenames)
