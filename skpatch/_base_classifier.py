@@ -50,6 +50,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from scipy.special import log_softmax, softmax
+from skorch.callbacks import LRScheduler
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -64,6 +65,70 @@ __all__ = ["BasePatchNetClassifier", "PatchNetModule", "sliding_window_logits"]
 
 _AUGMENTATIONS = ("flip",)
 _OPTIMIZERS = ("sgd", "adam", "adamw")
+_LR_SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+class _NoSingletonBatchSampler(torch.utils.data.Sampler):
+    """Mini-batches of ``batch_size`` indices whose last batch never holds one image.
+
+    A one-image remainder is merged into the batch before it (which then holds
+    ``batch_size + 1`` images): BatchNorm cannot train on a single image, and
+    dropping the remainder would skip data.
+    """
+
+    def __init__(self, sampler, batch_size):
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+
+    def __iter__(self):
+        batch = []
+        pending = None
+        for index in self.sampler:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                if pending is not None:
+                    yield pending
+                pending, batch = batch, []
+        if pending is not None:
+            if len(batch) == 1:
+                pending = pending + batch
+                batch = []
+            yield pending
+        if batch:
+            yield batch
+
+    def __len__(self):
+        n_full, remainder = divmod(len(self.sampler), self.batch_size)
+        return n_full + (remainder > 1 or (remainder == 1 and n_full == 0))
+
+
+class _TrainLoader(torch.utils.data.DataLoader):
+    """skorch's training iterator: shuffled batches without a one-image remainder."""
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, **kwargs):
+        sampler_cls = torch.utils.data.RandomSampler if shuffle else torch.utils.data.SequentialSampler
+        batch_sampler = _NoSingletonBatchSampler(sampler_cls(dataset), batch_size)
+        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+
+
+class _OneCycleScheduler(LRScheduler):
+    """skorch ``LRScheduler`` running ``OneCycleLR`` per batch over ``epochs``.
+
+    ``steps_per_epoch`` is counted at the start of training from the batches
+    of the actual training split, so the schedule ends exactly at the last step.
+    """
+
+    def __init__(self, max_lr, epochs, **kwargs):
+        super().__init__(
+            policy=torch.optim.lr_scheduler.OneCycleLR, step_every="batch",
+            max_lr=max_lr, epochs=epochs, steps_per_epoch=None, cycle_momentum=False,
+            **kwargs,
+        )
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        dataset_train, _ = net.get_split_datasets(X, y)
+        self.steps_per_epoch = len(net.get_iterator(dataset_train, training=True))
+        super().on_train_begin(net, X=X, y=y, **kwargs)
 
 
 class PatchNetModule(torch.nn.Module):
@@ -216,7 +281,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         "lr": [Interval(Real, 0, None, closed="neither")],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "lr_schedule": [StrOptions(set(_LR_SCHEDULES))],
         "augment": [tuple, list, None],
         "train_split": [None, Interval(Real, 0, 1, closed="neither"), callable],
         "device": [str],
@@ -286,10 +351,12 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         return cls, {"optimizer__weight_decay": self.weight_decay}
 
     def _skorch_callbacks(self):
-        from skorch.callbacks import LRScheduler, ProgressBar
+        from skorch.callbacks import ProgressBar
 
         callbacks = []
-        if self.lr_schedule == "cosine":
+        if self.lr_schedule == "onecycle":
+            callbacks.append(("lr_schedule", _OneCycleScheduler(self.lr, self.max_epochs)))
+        elif self.lr_schedule == "cosine":
             callbacks.append(
                 (
                     "lr_schedule",
@@ -314,6 +381,47 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(self.train_split, Real):
             return ValidSplit(self.train_split, stratified=True, random_state=seed)
         return self.train_split
+
+    def _check_module(self, core, x, mean, std):
+        """Fail before training when ``core`` cannot train on these batches.
+
+        A dry forward pass of one training input (eval mode, no gradient, so
+        no statistic moves) checks that the network returns one logit per class.
+        """
+        n_classes = len(self.classes_)
+        given = getattr(self, "module", None)
+        label = f"module={given!r}" if isinstance(given, str) else f"module ({type(core).__name__})"
+        crop = self._train_crop_size() or x.shape[2:]
+        sample = torch.as_tensor(x[:1, :, : crop[0], : crop[1]])
+        sample = (sample - torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / (
+            torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        )
+        was_training = core.training
+        # BatchNorm layers that train in training mode (a frozen backbone's do not)
+        core.train()
+        trains_batchnorm = any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+            for m in core.modules()
+        )
+        core.eval()
+        try:
+            with torch.no_grad():
+                out = core(sample)
+        finally:
+            core.train(was_training)
+        shape = tuple(getattr(out, "shape", ()))
+        if len(shape) != 2 or shape[1] != n_classes:
+            size = shape[1] if len(shape) == 2 else f"shape {shape}"
+            raise ValueError(
+                f"{label} returns {size} outputs per image for an input of "
+                f"shape {tuple(sample.shape)}, but y has {n_classes} classes: module "
+                f"must return logits of shape (batch, {n_classes})."
+            )
+        if self.batch_size == 1 and trains_batchnorm:
+            raise ValueError(
+                f"batch_size=1 cannot train {label}: its BatchNorm layers need "
+                "more than 1 image per batch. Pass batch_size >= 2."
+            )
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -355,6 +463,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(seed)
             core = self._build_module(len(self.classes_), x.shape[1])
+            self._check_module(core, x, mean, std)
             if on_cuda:
                 core = core.to(memory_format=torch.channels_last)
             module = PatchNetModule(
@@ -368,6 +477,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
                 lr=self.lr,
                 max_epochs=self.max_epochs,
                 batch_size=self.batch_size,
+                iterator_train=_TrainLoader,
                 iterator_train__shuffle=True,
                 train_split=self._train_split(seed),
                 callbacks=self._skorch_callbacks(),

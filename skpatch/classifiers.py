@@ -20,6 +20,39 @@ from .utils._validation import check_size_pair
 __all__ = ["BagNetClassifier", "PatchCNNClassifier"]
 
 _RESNETS = {"resnet10": 10, "resnet18": 18, "resnet34": 34}
+_BAGNET_PATCH_SIZES = (9, 17, 33)
+
+
+def _load_state_dict(path):
+    """``torch.load(path, weights_only=True)`` with errors that name the file.
+
+    ``weights_only`` is kept on: unpickling other objects can run code from the file.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        if "Unsupported global" in str(exc):
+            # not torch's advice (weights_only=False), which would run that code
+            raise ValueError(
+                f"weights={os.fspath(path)!r} holds objects other than tensors (Python "
+                "classes or functions) and is refused for safety: unpickling them could "
+                "run code from the file. Save a plain state dict of tensors, "
+                "torch.save(model.state_dict(), path), and pass that file."
+            ) from None
+        raise ValueError(
+            f"weights={os.fspath(path)!r} is not a file of tensors that torch.load can "
+            f"read ({type(exc).__name__}); save one with torch.save(model.state_dict(), path)."
+        ) from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise ValueError(
+            f"weights={os.fspath(path)!r} holds a {type(state).__name__}, not a state "
+            "dict of tensors (torch.save(model.state_dict(), path))."
+        )
+    return state
 
 
 class PatchCNNClassifier(BasePatchNetClassifier):
@@ -346,7 +379,7 @@ class BagNetClassifier(BasePatchNetClassifier):
 
     _parameter_constraints = {
         **BasePatchNetClassifier._parameter_constraints,
-        "patch_size": [Options(Integral, {9, 17, 33})],
+        "patch_size": [Options(Integral, set(_BAGNET_PATCH_SIZES))],
         "width": [Interval(Integral, 1, None, closed="left")],
         "layers": [tuple, list],
         "weights": [str, os.PathLike, None],
@@ -410,9 +443,15 @@ class BagNetClassifier(BasePatchNetClassifier):
         q = self.patch_size
         height, width = images.shape[1:3]
         if height < q or width < q:
+            fitting = [p for p in sorted(_BAGNET_PATCH_SIZES) if p <= min(height, width)]
+            advice = (
+                f"pass patch_size={' or '.join(map(str, fitting))}"
+                if fitting
+                else "no BagNet fits: upsample or pad the images to at least 9x9"
+            )
             raise ValueError(
                 f"images of size {height}x{width} are smaller than patch_size={q}: a "
-                f"BagNet-{q} needs images of at least {q}x{q} pixels."
+                f"BagNet-{q} needs images of at least {q}x{q} pixels; {advice}."
             )
         if self.weights is not None:
             if not os.path.isfile(self.weights):
@@ -447,7 +486,7 @@ class BagNetClassifier(BasePatchNetClassifier):
             stem_momentum=0.001 if self.weights is not None else 0.1,
         )
         if self.weights is not None:
-            state = torch.load(self.weights, map_location="cpu", weights_only=True)
+            state = _load_state_dict(self.weights)
             fc_weight = state.get("fc.weight", state.get("module.fc.weight"))
             reset_fc = fc_weight is not None and fc_weight.shape[0] != n_classes
             if reset_fc:
