@@ -44,7 +44,7 @@ X, y, groups = results.data, results.target, results.dataset
 # ``calibrate=()`` keeps alpha=3, c4=0.5, c6=1; the default fits c4 and c6 by
 # non-negative least squares. Leave-one-data-set-out predictions show how
 # the calibrated bound does on a data set it was not fitted on.
-paper = PatchBoundPredictor(calibrate=()).fit(X, y)
+paper = PatchBoundPredictor(calibrate=()).fit(X)  # nothing calibrated: no y needed
 calibrated = PatchBoundPredictor().fit(X, y)
 held_out = cross_val_predict(PatchBoundPredictor(), X, y, groups=groups,
                              cv=LeaveOneGroupOut())
