@@ -29,7 +29,7 @@ from skpatch.plotting import plot_blackout, plot_heatmap
 
 torch.set_num_threads(1)  # small networks run fastest on one thread
 digits = load_digits_images()
-X = np.kron(digits.images / 16.0, np.ones((1, 4, 4))).astype(np.float32)  # 32x32
+X = np.kron(digits.images, np.ones((1, 4, 4), dtype=np.uint8))  # uint8 32x32, scaled to [0, 1] in fit
 X_train, X_test, y_train, y_test = train_test_split(
     X, digits.target, test_size=0.3, stratify=digits.target, random_state=0
 )

@@ -29,7 +29,7 @@ from skpatch.plotting import plot_blackout, plot_heatmap
 
 torch.set_num_threads(1)  # small networks run fastest on one thread
 digits = load_digits_images()
-X = digits.images / 16.0
+X = digits.images  # uint8 0..255: the classifier scales it to [0, 1]
 X_train, X_test, y_train, y_test = train_test_split(
     X, digits.target, test_size=0.3, stratify=digits.target, random_state=0
 )

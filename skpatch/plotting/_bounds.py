@@ -199,7 +199,7 @@ def plot_bound_vs_observed(results=None, *, predictors=None, axes=None):
             f"channels, patch_size, stride), got shape {data.shape}."
         )
     if predictors is None:
-        predictors = {"paper constants": PatchBoundPredictor(calibrate=()).fit(data, target)}
+        predictors = {"paper constants": PatchBoundPredictor(calibrate=()).fit(data)}
     elif not isinstance(predictors, dict):
         predictors = {"bound": predictors}
     names = list(dict.fromkeys(dataset.tolist()))
