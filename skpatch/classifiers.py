@@ -77,7 +77,8 @@ instance, default='resnet18'
         (:func:`skpatch.nn.resnet`) of the given depth and ``width``; a class
         is called as ``module(n_classes=K, in_channels=C)``; an instance is
         deep-copied and trained as it is. It must map ``(B, C, ph, pw)`` to
-        logits ``(B, K)``.
+        logits ``(B, K)``; ``fit`` checks that with a forward pass of one
+        training crop and raises a ``ValueError`` for another output size.
     width : int, default=64
         Channels of the first ResNet stage (64 is the standard ResNet-18);
         ignored when ``module`` is not a name.
@@ -88,20 +89,34 @@ instance, default='resnet18'
         Step between the patches averaged at inference (1 = every patch).
     max_epochs : int, default=30
         Passes over the training images (one random crop each per pass).
-    batch_size : int, default=256
+    batch_size : int, default=64
         Images per training step; inference batches as many patches as
-        hold the pixels of ``4 * batch_size`` 32x32 images.
+        hold the pixels of ``4 * batch_size`` 32x32 images. A one-image
+        remainder of an epoch is merged into the batch before it (BatchNorm
+        cannot train on one image; nothing is dropped); ``batch_size=1``
+        with a network that has BatchNorm layers is a ``ValueError``. 64
+        suits a few thousand images (20 steps per epoch on 1,257 training
+        digits of :func:`~skpatch.datasets.load_digits_images`, where 256
+        gives 5 and stays near chance after 2 epochs); with tens of
+        thousands of images on a GPU, 256 trains faster per epoch.
     optimizer : {'sgd', 'adam', 'adamw'} or torch.optim.Optimizer class, \
 default='sgd'
         ``'sgd'`` uses ``momentum``; all use ``weight_decay``.
     lr : float, default=0.1
-        Learning rate.
+        Learning rate (the peak rate of the one-cycle schedule).
     momentum : float, default=0.9
-        SGD momentum.
+        SGD momentum (kept fixed; the one-cycle schedule does not cycle it).
     weight_decay : float, default=5e-4
         L2 penalty of the optimizer.
-    lr_schedule : {'cosine', 'constant'}, default='cosine'
-        Cosine annealing to zero over ``max_epochs``, or a constant rate.
+    lr_schedule : {'onecycle', 'cosine', 'constant'}, default='onecycle'
+        ``'onecycle'``: :class:`torch.optim.lr_scheduler.OneCycleLR` stepped
+        every batch, warming up from ``lr / 25`` to ``lr`` over the first
+        30% of the steps and annealing to ``lr / 2.5e5``; its number of
+        steps is counted from the training batches at the start of ``fit``.
+        ``'cosine'``: cosine annealing to zero over ``max_epochs``, stepped
+        per epoch. ``'constant'``: a constant rate. One-cycle needs a few
+        steps to warm up and anneal: with a handful of steps in all (say
+        fewer than 10) use ``'cosine'`` or ``'constant'``.
     augment : tuple of {'flip'} or None, default=('flip',)
         Extra training augmentation: random horizontal flips.
     train_split : float, callable or None, default=None
@@ -192,12 +207,12 @@ default='sgd'
         inference="patches",
         inference_stride=1,
         max_epochs=30,
-        batch_size=256,
+        batch_size=64,
         optimizer="sgd",
         lr=0.1,
         momentum=0.9,
         weight_decay=5e-4,
-        lr_schedule="cosine",
+        lr_schedule="onecycle",
         augment=("flip",),
         train_split=None,
         device="auto",
@@ -282,7 +297,9 @@ class BagNetClassifier(BasePatchNetClassifier):
     ----------
     patch_size : {9, 17, 33}, default=33
         Receptive field ``q`` of the BagNet (BagNet-9, -17 or -33). Images
-        must be at least ``q x q`` pixels.
+        must be at least ``q x q`` pixels; for smaller ones (32x32 CIFAR-10
+        images with the default 33) ``fit`` raises a ``ValueError`` naming
+        the values that fit.
     width : int, default=64
         Base channel count (64 in the official networks); stages have
         ``width * (1, 2, 4, 8)`` middle channels. Small values give small
@@ -292,8 +309,11 @@ class BagNetClassifier(BasePatchNetClassifier):
     weights : str or path-like, default=None
         Local path to a state dict in the reference naming (e.g. the official
         BagNet weights saved with ``torch.save(model.state_dict(), path)``).
-        It is loaded strictly; when its number of classes differs from that
-        of ``y``, ``fc`` is re-initialized for ``classes_`` with a warning.
+        It is read with ``torch.load(weights_only=True)``: a file holding
+        objects other than tensors is refused with a ``ValueError`` (loading
+        it could run code). It is loaded strictly; when its number of
+        classes differs from that of ``y``, ``fc`` is re-initialized for
+        ``classes_`` with a warning.
         With weights, inputs are normalized with the ImageNet mean and
         standard deviation the weights expect (float images must be RGB in
         [0, 1]; ``uint8`` images are scaled to it).
@@ -303,12 +323,17 @@ class BagNetClassifier(BasePatchNetClassifier):
     max_epochs : int, default=10
         Passes over the training images.
     batch_size : int, default=64
+        Images per training step. A one-image remainder of an epoch is merged
+        into the batch before it; ``batch_size=1`` is a ``ValueError`` unless
+        ``freeze_backbone`` (then no BatchNorm layer trains).
     optimizer : {'sgd', 'adam', 'adamw'} or torch optimizer class, default='sgd'
     lr : float, default=0.01
     momentum : float, default=0.9
         SGD momentum.
     weight_decay : float, default=1e-4
-    lr_schedule : {'cosine', 'constant'}, default='cosine'
+    lr_schedule : {'cosine', 'onecycle', 'constant'}, default='cosine'
+        Per-epoch cosine annealing, a per-batch one-cycle schedule peaking at
+        ``lr`` (see :class:`PatchCNNClassifier`), or a constant rate.
     augment : tuple of str or None, default=('flip',)
         Training augmentations; ``'flip'`` is a random horizontal flip.
     train_split : None, float or callable, default=None

