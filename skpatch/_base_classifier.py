@@ -106,8 +106,9 @@ class _TrainLoader(torch.utils.data.DataLoader):
     """skorch's training iterator: shuffled batches without a one-image remainder."""
 
     def __init__(self, dataset, batch_size=1, shuffle=False, **kwargs):
-        sampler_cls = torch.utils.data.RandomSampler if shuffle else torch.utils.data.SequentialSampler
-        batch_sampler = _NoSingletonBatchSampler(sampler_cls(dataset), batch_size)
+        data = torch.utils.data
+        sampler = data.RandomSampler(dataset) if shuffle else data.SequentialSampler(dataset)
+        batch_sampler = _NoSingletonBatchSampler(sampler, batch_size)
         super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
 
 
@@ -390,7 +391,10 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         """
         n_classes = len(self.classes_)
         given = getattr(self, "module", None)
-        label = f"module={given!r}" if isinstance(given, str) else f"module ({type(core).__name__})"
+        if isinstance(given, str):
+            label = f"module={given!r}"
+        else:
+            label = f"module ({type(core).__name__})"
         crop = self._train_crop_size() or x.shape[2:]
         sample = torch.as_tensor(x[:1, :, : crop[0], : crop[1]])
         sample = (sample - torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / (
@@ -411,10 +415,10 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             core.train(was_training)
         shape = tuple(getattr(out, "shape", ()))
         if len(shape) != 2 or shape[1] != n_classes:
-            size = shape[1] if len(shape) == 2 else f"shape {shape}"
+            what = f"{shape[1]} outputs per image" if len(shape) == 2 else f"shape {shape}"
             raise ValueError(
-                f"{label} returns {size} outputs per image for an input of "
-                f"shape {tuple(sample.shape)}, but y has {n_classes} classes: module "
+                f"{label} returns {what} for an input of shape "
+                f"{tuple(sample.shape)}, but y has {n_classes} classes: module "
                 f"must return logits of shape (batch, {n_classes})."
             )
         if self.batch_size == 1 and trains_batchnorm:

@@ -343,6 +343,24 @@ class WrongOutputs(torch.nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class MapOutputs(torch.nn.Module):
+    """Per-pixel class maps (B, K, h, w) instead of logits (B, K)."""
+
+    def __init__(self, n_classes, in_channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, n_classes, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_module_returning_maps_fails_at_fit(rgb_data):
+    X, y = rgb_data
+    with pytest.raises(ValueError, match=r"module \(MapOutputs\) returns shape \(1, 3, 3, 3\)"
+                                         r" .*y has 3 classes"):
+        PatchCNNClassifier(3, **{**FAST, "module": MapOutputs}).fit(X, y)
+
+
 @pytest.mark.parametrize("module", [WrongOutputs, WrongOutputs(3, 3)])
 def test_module_with_wrong_output_size_fails_at_fit(rgb_data, module):
     X, y = rgb_data
