@@ -132,6 +132,8 @@ default='sgd'
         a fixed value gives identical models.
     verbose : int, default=1
         0 silent, 1 skorch's epoch table, 2 also skorch's ``ProgressBar``.
+        When > 0, inference (``predict_proba``, ``patch_logits`` and the
+        functions built on them) shows a tqdm progress bar on stderr.
     callbacks : list of skorch callbacks or (name, callback) pairs, default=None
         Passed through to the skorch net.
     image_shape : tuple (H, W) or (H, W, C), default=None
@@ -347,6 +349,8 @@ class BagNetClassifier(BasePatchNetClassifier):
         Seeds the weight initialization, shuffling and augmentation.
     verbose : int, default=1
         0 is silent, 1 prints skorch's epoch table, 2 adds a progress bar.
+        When > 0, inference (``predict_proba``, ``patch_logits`` and the
+        functions built on them) shows a tqdm progress bar on stderr.
     callbacks : list or None, default=None
         Extra skorch callbacks.
     image_shape : tuple (H, W) or (H, W, C), default=None
