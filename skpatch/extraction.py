@@ -9,8 +9,6 @@ unlike :class:`sklearn.feature_extraction.image.PatchExtractor`, keeps one row
 per image so that ``y`` stays aligned through a Pipeline.
 """
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
@@ -20,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
     check_images,
     check_size_pair,
@@ -90,7 +89,7 @@ _PARALLEL_MIN_BYTES = 32 * 2**20
 _CHUNK_BYTES = 4 * 2**20
 
 
-def _extract_flat(images, patch_size, stride, pads):
+def _extract_flat(images, patch_size, stride, pads, n_jobs=None):
     """C-contiguous ``(n, gh * gw * ph * pw * C)`` copy in the input dtype."""
     n, height, width, channels = images.shape
     grid_h, grid_w = _grid_shape((height, width), patch_size, stride, pads)
@@ -119,14 +118,12 @@ def _extract_flat(images, patch_size, stride, pads):
     def copy_chunk(start):
         np.copyto(out[start : start + chunk], runs[start : start + chunk])
 
-    n_threads = min(len(starts), os.cpu_count() or 1, 8)
-    if out.nbytes >= _PARALLEL_MIN_BYTES and n_threads > 1:
-        # numpy releases the GIL while copying: chunks of images in parallel
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(copy_chunk, starts))
-    else:
-        for start in starts:
-            copy_chunk(start)
+    # numpy releases the GIL while copying: chunks of images in parallel, on at
+    # most 8 threads (a copy is bound by memory bandwidth beyond that)
+    n_threads = effective_n_threads(n_jobs, n_tasks=min(len(starts), 8))
+    if out.nbytes < _PARALLEL_MIN_BYTES:
+        n_threads = 1
+    thread_map(copy_chunk, starts, n_threads)
     return out.view(images.dtype).reshape(n, -1)
 
 
@@ -316,6 +313,11 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         ``(n, gh, gw, ph, pw, C)`` (a read-only zero-copy view when there is
         no padding). If True, a C-contiguous 2-D array
         ``(n, gh * gw * ph * pw * C)`` in the input dtype, for tabular models.
+    n_jobs : int, default=None
+        Threads copying the patches when ``flatten=True`` and the output is
+        large (32 MB or more; at most 8). ``None``: the process's limit (see
+        :ref:`engine`); ``-1``: all CPUs. The output is the same whatever
+        ``n_jobs``.
     image_shape : tuple (H, W) or (H, W, C), default=None
         Shape of one image when ``X`` is given as 2-D rows ``(n, H*W*C)``;
         one entry may be -1 (inferred). Not needed for 3-D or 4-D ``X``.
@@ -363,16 +365,25 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
             StrOptions({"same"}),
         ],
         "flatten": ["boolean"],
+        "n_jobs": [Integral, None],
         "image_shape": [tuple, list, None],
     }
 
     def __init__(
-        self, patch_size=8, *, stride=1, padding=0, flatten=False, image_shape=None
+        self,
+        patch_size=8,
+        *,
+        stride=1,
+        padding=0,
+        flatten=False,
+        n_jobs=None,
+        image_shape=None,
     ):
         self.patch_size = patch_size
         self.stride = stride
         self.padding = padding
         self.flatten = flatten
+        self.n_jobs = n_jobs
         self.image_shape = image_shape
 
     def _resolved_params(self, images):
@@ -424,7 +435,7 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
             images = check_images(X, image_shape=self.image_shape)
         patch_size, stride, pads, _ = self._resolved_params(images)
         if self.flatten:
-            return _extract_flat(images, patch_size, stride, pads)
+            return _extract_flat(images, patch_size, stride, pads, self.n_jobs)
         return _extract_view(images, patch_size, stride, pads)
 
     def inverse_transform(self, X):

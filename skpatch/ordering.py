@@ -13,12 +13,10 @@ then the greedy chain takes ``n_patches`` vectorized steps. torch is not
 imported.
 """
 
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from joblib import effective_n_jobs
 from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
@@ -38,6 +36,7 @@ from ._measures import (
     ssim,
 )
 from .extraction import extract_patches
+from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
     check_images,
     check_size_pair,
@@ -179,14 +178,8 @@ def _order(
         )
 
     batches = list(gen_batches(n, batch_size))
-    n_threads = min(effective_n_jobs(n_jobs), len(batches))
-    if n_threads <= 1:
-        for batch in batches:
-            order_chunk(batch)
-    else:
-        # chunks are independent and numpy releases the GIL in the hot ufuncs
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(order_chunk, batches))
+    # chunks are independent and numpy releases the GIL in the hot ufuncs
+    thread_map(order_chunk, batches, effective_n_threads(n_jobs, n_tasks=len(batches)))
     return ordered, permutation
 
 
@@ -256,8 +249,10 @@ _DOC_OPTIONS = """    measure : {'mutual_information', 'joint_entropy', 'kl_dive
         Images processed at once (bounds memory). None picks about 2**21
         patch values per chunk. The output does not depend on it.
     n_jobs : int, default=None
-        Threads working on chunks at once; None means 1, -1 all CPUs. The
-        output does not depend on it.
+        Threads working on chunks at once; ``None`` means the process's limit
+        (see :ref:`engine`: joblib's ``parallel_config``, ``OMP_NUM_THREADS``
+        and threadpoolctl limits, the CPUs), -1 all CPUs. The output does not
+        depend on it.
 """
 
 

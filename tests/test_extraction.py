@@ -189,8 +189,9 @@ def test_pipeline_clone_and_pickle_keep_rows_aligned():
     assert clone(pipe).get_params()["patchextractor__patch_size"] == 3
 
 
+@pytest.mark.parametrize("n_jobs", [None, 1, 2])
 @pytest.mark.parametrize("chunk_bytes", [1, 1000, 10**9])
-def test_flatten_identical_whatever_the_chunking_and_threads(monkeypatch, chunk_bytes):
+def test_flatten_identical_whatever_the_chunking_and_threads(monkeypatch, chunk_bytes, n_jobs):
     import skpatch.extraction as extraction
 
     monkeypatch.setattr(extraction, "_PARALLEL_MIN_BYTES", 0)
@@ -198,7 +199,9 @@ def test_flatten_identical_whatever_the_chunking_and_threads(monkeypatch, chunk_
     rng = np.random.default_rng(5)
     images = rng.random((23, 9, 11, 3))[:, ::-1]  # a non-contiguous input too
     for patch_size, stride, padding in [(3, 1, 0), ((2, 4), (2, 3), "same"), (4, 2, 1)]:
-        flat = PatchExtractor(patch_size, stride=stride, padding=padding, flatten=True)
+        flat = PatchExtractor(
+            patch_size, stride=stride, padding=padding, flatten=True, n_jobs=n_jobs
+        )
         grid = extract_patches(images, patch_size, stride=stride, padding=padding)
         np.testing.assert_array_equal(
             flat.fit_transform(images), grid.reshape(len(images), -1)
