@@ -7,12 +7,14 @@ its parameters (the base parameters below plus its own, stored untouched),
 extends ``_parameter_constraints`` with ``{**BasePatchNetClassifier.
 _parameter_constraints, ...}``, and implements or overrides these hooks:
 
-``_build_module(self, n_classes, n_channels)`` (required)
-    Return a fresh ``torch.nn.Module`` mapping a normalized float batch
-    ``(B, n_channels, h, w)`` to logits ``(B, n_classes)``. It is called inside
-    ``fit`` under a seeded torch generator, so weight initialisation is
-    reproducible. The base wraps it in :class:`PatchNetModule` (per-channel
-    normalization, random crops, flips, autocast) and trains that with skorch.
+``_build_module(self, n_classes, n_channels, generator)`` (required)
+    Return a fresh ``torch.nn.Module`` on the CPU mapping a normalized float
+    batch ``(B, n_channels, h, w)`` to logits ``(B, n_classes)``. Draw every
+    initial value from ``generator`` (the fit's CPU ``torch.Generator``), for
+    example with :func:`skpatch.nn.build_initialized`, never from torch's
+    global generator. The base wraps it in :class:`~skpatch.nn.PatchNetModule`
+    (per-channel normalization, random crops, flips, autocast) and trains that
+    with skorch.
 ``_check_params_vs_input(self, images)`` (optional, call ``super()``)
     Data-dependent checks on the validated ``(n, H, W, C)`` float training
     images; write private attributes only. The base checks ``augment``.
@@ -21,15 +23,22 @@ _parameter_constraints, ...}``, and implements or overrides these hooks:
     default) to train on whole images.
 ``_default_patch_stride(self)`` (optional)
     Stride used by :meth:`patch_logits` when ``stride=None`` (default 1).
-``_forward_patch_logits(self, module, x, stride, pads)`` (optional)
+``_forward_patch_logits(self, module, x, stride, pads, class_index=None)`` (optional)
     Per-location class evidence of a chunk of *raw* (unnormalized, unpadded)
     images ``x`` of shape ``(b, C, H, W)`` on the device, returned as
-    ``(b, K, gh, gw)``. ``module`` is the fitted :class:`PatchNetModule` in
-    eval mode (``module.normalize`` and ``module.core`` are available), called
-    under ``torch.no_grad``. The default slides a ``self._patch_size`` window
-    (set it in ``_check_params_vs_input``) with :func:`sliding_window_logits`,
-    feeding every patch to ``module``. A network that already outputs evidence
-    per location (BagNet) overrides this to run once per image.
+    ``(b, K, gh, gw)``, or ``(b, len(class_index), gh, gw)`` for the classes
+    ``class_index`` (a tensor of indices on the device) only. ``module`` is the
+    fitted :class:`~skpatch.nn.PatchNetModule` in eval mode (``module.normalize``
+    and ``module.core`` are available), called under ``torch.no_grad``. The
+    default slides a ``self._patch_size`` window (set it in
+    ``_check_params_vs_input``) with :func:`~skpatch.nn.sliding_window_logits`,
+    feeding every patch to ``module`` (to a CIFAR ResNet's features and the
+    selected rows of its ``fc`` when classes are selected). A network that
+    already outputs evidence per location (BagNet) overrides this to run once
+    per chunk of images.
+``_images_per_forward(self, padded_hw, grid_hw)`` (optional)
+    Images per inference chunk; the default fits ``self._max_patches()``
+    patches. BagNet sizes it from its activation memory instead.
 ``_uses_patch_inference(self)`` (optional)
     ``True`` (default) when ``predict_proba`` is the softmax of the mean of
     :meth:`patch_logits`; ``False`` to feed whole images through ``module``.
@@ -38,8 +47,16 @@ Parameters handled by the base (use these names in the subclass ``__init__``):
 ``max_epochs, batch_size, optimizer, lr, momentum, weight_decay, lr_schedule,
 augment, train_split, device, amp, random_state, verbose, callbacks,
 image_shape``. Fitted attributes set by the base: ``classes_``, ``net_`` (the
-skorch ``NeuralNetClassifier``), ``history_``, ``device_``,
-``channel_mean_``, ``channel_std_``, ``n_features_in_``, ``image_shape_``.
+skorch ``NeuralNetClassifier``), ``module_`` (the trained
+:class:`~skpatch.nn.PatchNetModule`, ``net_.module_``), ``callbacks_`` (name ->
+callback skorch ran), ``history_``, ``device_``, ``channel_mean_``,
+``channel_std_``, ``n_features_in_``, ``image_shape_``.
+
+Randomness: ``random_state`` is read once at the top of ``fit``; seeds drawn
+from it start one ``torch.Generator`` each for the initial weights, the crops
+and flips (on the fit's device), the shuffling and the validation loader.
+torch's and numpy's global generators are never read or advanced, so seeded
+fits in parallel threads equal the same fits run one after the other.
 """
 
 import copy
@@ -58,10 +75,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
 from .extraction import _grid_shape, _resolve_padding
-from .utils._device import check_device_param, resolve_device
+from .nn._patch_net import PatchNetModule, random_crop, sliding_window_logits
+from .utils._device import check_device_param, resolve_device, runtime_device
 from .utils._validation import check_size_pair, validate_images
 
-__all__ = ["BasePatchNetClassifier", "PatchNetModule", "sliding_window_logits"]
+# PatchNetModule, random_crop and sliding_window_logits live in skpatch.nn; the
+# names stay importable from here for code written against the old location
+__all__ = ["BasePatchNetClassifier", "PatchNetModule", "random_crop", "sliding_window_logits"]
 
 _AUGMENTATIONS = ("flip",)
 _OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -103,13 +123,20 @@ class _NoSingletonBatchSampler(torch.utils.data.Sampler):
 
 
 class _TrainLoader(torch.utils.data.DataLoader):
-    """skorch's training iterator: shuffled batches without a one-image remainder."""
+    """skorch's training iterator: shuffled batches without a one-image remainder.
 
-    def __init__(self, dataset, batch_size=1, shuffle=False, **kwargs):
+    ``generator`` drives the shuffling (and the DataLoader's worker base seed,
+    which it would otherwise draw from torch's global generator every epoch).
+    """
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, generator=None, **kwargs):
         data = torch.utils.data
-        sampler = data.RandomSampler(dataset) if shuffle else data.SequentialSampler(dataset)
+        if shuffle:
+            sampler = data.RandomSampler(dataset, generator=generator)
+        else:
+            sampler = data.SequentialSampler(dataset)
         batch_sampler = _NoSingletonBatchSampler(sampler, batch_size)
-        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        super().__init__(dataset, batch_sampler=batch_sampler, generator=generator, **kwargs)
 
 
 class _OneCycleScheduler(LRScheduler):
@@ -132,119 +159,33 @@ class _OneCycleScheduler(LRScheduler):
         super().on_train_begin(net, X=X, y=y, **kwargs)
 
 
-class PatchNetModule(torch.nn.Module):
-    """Normalization, random crops and flips around a core network.
+def _class_logits(module, class_index):
+    """``module`` as a map of raw patches to the logits of ``class_index`` only.
 
-    In training mode each image of the batch gets its own uniformly random
-    ``crop_size`` window (and a horizontal flip with probability 1/2 when
-    ``flip``), drawn on the batch's device with torch's generator; in eval
-    mode the input is only normalized. Inputs are raw float images
-    ``(B, C, H, W)``; normalization uses the buffers ``mean`` and ``std``.
-
-    Parameters
-    ----------
-    core : torch.nn.Module
-        Maps normalized ``(B, C, h, w)`` to logits ``(B, K)``.
-    mean, std : array-like of shape (C,)
-        Per-channel statistics of the training images.
-    crop_size : tuple (h, w) or None, default=None
-        Random crop drawn in training mode; ``None`` keeps whole images.
-    flip : bool, default=False
-        Random horizontal flips in training mode.
-    amp : bool, default=False
-        bfloat16 autocast around ``core``; logits are returned as float32.
-    channels_last : bool, default=False
-        Feed ``core`` channels-last tensors (faster convolutions on GPUs).
+    For a CIFAR ResNet core only the selected rows of its last linear layer
+    ``fc`` are applied to the pooled features; for any other core all logits
+    are computed and the selected ones kept.
     """
+    if class_index is None:
+        return module
+    from .nn.resnet import CIFARResNet
 
-    def __init__(self, core, mean, std, crop_size=None, flip=False, amp=False,
-                 channels_last=False):
-        super().__init__()
-        self.core = core
-        mean = torch.as_tensor(np.asarray(mean, dtype=np.float32))
-        std = torch.as_tensor(np.asarray(std, dtype=np.float32))
-        self.register_buffer("mean", mean.view(1, -1, 1, 1))
-        self.register_buffer("std", std.view(1, -1, 1, 1))
-        self.crop_size = None if crop_size is None else tuple(crop_size)
-        self.flip = bool(flip)
-        self.amp = bool(amp)
-        self.channels_last = bool(channels_last)
+    core = module.core
+    if not (isinstance(core, CIFARResNet) and isinstance(core.fc, torch.nn.Linear)):
+        return lambda x: module(x)[:, class_index]
+    weight = core.fc.weight[class_index]
+    bias = None if core.fc.bias is None else core.fc.bias[class_index]
 
-    def normalize(self, x):
-        return (x - self.mean) / self.std
-
-    def augment(self, x):
-        if self.crop_size is not None:
-            x = random_crop(x, self.crop_size)
-        if self.flip:
-            flipped = torch.rand(x.shape[0], device=x.device) < 0.5
-            x = torch.where(flipped[:, None, None, None], x.flip(3), x)
-        return x
-
-    def forward(self, x):
-        if self.training:
-            x = self.augment(x)
-        x = self.normalize(x)
-        if self.channels_last:
+    def selected_logits(x):
+        x = module.normalize(x)
+        if module.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.core(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=module.amp):
+            features = torch.flatten(core.pool(core.features(x)), 1)
+            logits = torch.nn.functional.linear(features, weight, bias)
         return logits.float()
 
-
-def random_crop(x, size):
-    """One uniformly random ``size`` window per image of ``x`` (B, C, H, W), on x's device.
-
-    Vectorized with one gather: no Python loop over images.
-    """
-    n, _, height, width = x.shape
-    crop_h, crop_w = size
-    if (crop_h, crop_w) == (height, width):
-        return x
-    top = torch.randint(0, height - crop_h + 1, (n,), device=x.device)
-    left = torch.randint(0, width - crop_w + 1, (n,), device=x.device)
-    rows = top[:, None] + torch.arange(crop_h, device=x.device)
-    cols = left[:, None] + torch.arange(crop_w, device=x.device)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    # (n, crop_h, crop_w, C) from the channels-last view, back to (n, C, h, w)
-    crops = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
-    # an explicit NCHW copy: for C == 1 .contiguous() would keep channels-last strides
-    return crops.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
-
-
-def sliding_window_logits(module, x, patch_size, stride, pads, max_patches):
-    """Logits of every ``patch_size`` window of ``x``, ``(b, K, gh, gw)``.
-
-    Parameters
-    ----------
-    module : callable
-        Maps ``(m, C, ph, pw)`` raw patches to ``(m, K)`` logits.
-    x : torch.Tensor of shape (b, C, H, W)
-        Raw images on the device.
-    patch_size, stride : tuple of two int
-    pads : tuple ((top, bottom), (left, right))
-        Zero padding added to the raw images.
-    max_patches : int
-        Patches per forward pass; rows of the patch grid are processed in
-        blocks so that memory stays bounded whatever the image size.
-    """
-    (top, bottom), (left, right) = pads
-    if top or bottom or left or right:
-        x = torch.nn.functional.pad(x, (left, right, top, bottom))
-    ph, pw = patch_size
-    sh, sw = stride
-    # (b, C, gh, gw, ph, pw) view; copied block by block below
-    windows = x.unfold(2, ph, sh).unfold(3, pw, sw)
-    b, channels, gh, gw = windows.shape[:4]
-    rows_per_block = max(1, max_patches // max(1, b * gw))
-    blocks = []
-    for start in range(0, gh, rows_per_block):
-        block = windows[:, :, start : start + rows_per_block]
-        n_rows = block.shape[2]
-        patches = block.permute(0, 2, 3, 1, 4, 5).reshape(-1, channels, ph, pw)
-        logits = module(patches)
-        blocks.append(logits.reshape(b, n_rows, gw, -1))
-    return torch.cat(blocks, dim=1).permute(0, 3, 1, 2)
+    return selected_logits
 
 
 def _chunk_starts(estimator, n_items, chunk_size, desc):
@@ -316,10 +257,14 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
     def _uses_patch_inference(self):
         return True
 
-    def _forward_patch_logits(self, module, x, stride, pads):
+    def _forward_patch_logits(self, module, x, stride, pads, class_index=None):
         return sliding_window_logits(
-            module, x, self._patch_size, stride, pads, self._max_patches()
+            _class_logits(module, class_index), x, self._patch_size, stride, pads,
+            self._max_patches(),
         )
+
+    def _images_per_forward(self, padded_hw, grid_hw):
+        return max(1, self._max_patches() // (grid_hw[0] * grid_hw[1]))
 
     # ---- fitting ---------------------------------------------------------
     def _validate_targets(self, images, y):
@@ -444,11 +389,15 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             The fitted estimator.
         """
         rng = check_random_state(self.random_state)
+        # one seed each: validation split, initial weights, crops and flips, shuffling,
+        # validation loader
+        split_seed, init_seed, augment_seed, shuffle_seed, valid_seed = (
+            int(seed) for seed in rng.randint(np.iinfo(np.int32).max, size=5)
+        )
         images = validate_images(self, X, reset=True, dtype="float")
         self.classes_, y_encoded = self._validate_targets(images, y)
         self._check_params_vs_input(images)
         self.device_ = resolve_device(self.device)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
 
         from skorch import NeuralNetClassifier
 
@@ -462,52 +411,71 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         amp = on_cuda if self.amp == "auto" else bool(self.amp)
         optimizer, optimizer_kwargs = self._optimizer_spec()
 
-        cuda_devices = [torch.device(self.device_).index or 0] if on_cuda else []
-        # seeded torch generators without touching the caller's global state
-        with torch.random.fork_rng(devices=cuda_devices):
-            torch.manual_seed(seed)
-            core = self._build_module(len(self.classes_), x.shape[1])
-            self._check_module(core, x, mean, std)
-            if on_cuda:
-                core = core.to(memory_format=torch.channels_last)
-            module = PatchNetModule(
-                core, mean, std, crop_size=self._train_crop_size(),
-                flip="flip" in self._augment, amp=amp, channels_last=on_cuda,
-            )
-            self.net_ = NeuralNetClassifier(
-                module,
-                criterion=torch.nn.CrossEntropyLoss,
-                optimizer=optimizer,
-                lr=self.lr,
-                max_epochs=self.max_epochs,
-                batch_size=self.batch_size,
-                iterator_train=_TrainLoader,
-                iterator_train__shuffle=True,
-                train_split=self._train_split(seed),
-                callbacks=self._skorch_callbacks(),
-                classes=np.arange(len(self.classes_)),
-                device=self.device_,
-                verbose=int(self.verbose > 0),
-                **optimizer_kwargs,
-            )
-            with warnings.catch_warnings():
-                # skorch warns that an instantiated module ignores module__ params
-                warnings.filterwarnings("ignore", message=".*initialized.*", module="skorch")
-                self.net_.fit(x, y_encoded)
-        self.net_.module_.eval()
+        # this fit's generators: torch's global ones are never read or advanced
+        init_generator = torch.Generator().manual_seed(init_seed)
+        augment_generator = torch.Generator(device=self.device_).manual_seed(augment_seed)
+        core = self._build_module(len(self.classes_), x.shape[1], init_generator)
+        self._check_module(core, x, mean, std)
+        if on_cuda:
+            core = core.to(memory_format=torch.channels_last)
+        module = PatchNetModule(
+            core, mean, std, crop_size=self._train_crop_size(),
+            flip="flip" in self._augment, amp=amp, channels_last=on_cuda,
+            generator=augment_generator,
+        )
+        self.net_ = NeuralNetClassifier(
+            module,
+            criterion=torch.nn.CrossEntropyLoss,
+            optimizer=optimizer,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            iterator_train=_TrainLoader,
+            iterator_train__shuffle=True,
+            iterator_train__generator=torch.Generator().manual_seed(shuffle_seed),
+            # a DataLoader draws its worker base seed from this, else from the global one
+            iterator_valid__generator=torch.Generator().manual_seed(valid_seed),
+            train_split=self._train_split(split_seed),
+            callbacks=self._skorch_callbacks(),
+            classes=np.arange(len(self.classes_)),
+            device=self.device_,
+            verbose=int(self.verbose > 0),
+            **optimizer_kwargs,
+        )
+        with warnings.catch_warnings():
+            # skorch warns that an instantiated module ignores module__ params
+            warnings.filterwarnings("ignore", message=".*initialized.*", module="skorch")
+            self.net_.fit(x, y_encoded)
+        self.module_ = self.net_.module_.eval()
+        # trained: a CUDA generator would not unpickle on a CPU-only machine
+        self.module_.generator = None
+        self.callbacks_ = dict(self.net_.callbacks_)
         self.history_ = self.net_.history
         return self
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        # module_ is net_.module_, which skorch pickles (with torch.save) itself
+        state.pop("module_", None)
+        return state
+
     def __setstate__(self, state):
         self.__dict__.update(state)
-        # skorch maps CUDA tensors to the CPU when no GPU is present; follow it
         if "net_" in state:
-            self.device_ = str(self.net_.device)
+            # skorch maps CUDA tensors to the CPU when no GPU is present; the device
+            # rule says where the model runs now (and warns when it is not the fitted one)
+            fitted = state.get("device_", str(self.net_.device))
+            device = runtime_device(fitted, type(self).__name__)
+            if str(self.net_.device) != device:
+                self.net_.device = device
+                self.net_.module_.to(device)
+            self.device_ = device
+            self.module_ = self.net_.module_
             if not self.device_.startswith("cuda"):
                 # GPU-only speed-ups would only slow a CPU down (bf16 autocast)
-                self.net_.module_.channels_last = False
+                self.module_.channels_last = False
                 if self.amp == "auto":
-                    self.net_.module_.amp = False
+                    self.module_.amp = False
 
     # ---- inference -------------------------------------------------------
     def _max_patches(self):
@@ -516,9 +484,9 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         return max(256, 4 * self.batch_size * 1024 // (ph * pw))
 
     def _eval_module(self):
-        module = self.net_.module_
+        module = self.module_
         module.eval()
-        return module, self.net_.device
+        return module, self.device_
 
     def patch_logits(self, X, *, stride=None, padding=0):
         """Logits of every patch position, ``(n, K, gh, gw)``.
@@ -554,20 +522,23 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         pads = _resolve_padding(padding, self._patch_size)
         gh, gw = _grid_shape(images.shape[1:3], self._patch_size, stride, pads)
         module, device = self._eval_module()
-        n_images = max(1, self._max_patches() // (gh * gw))
+        padded_hw = tuple(
+            size + before + after for size, (before, after) in zip(images.shape[1:3], pads)
+        )
+        n_images = self._images_per_forward(padded_hw, (gh, gw))
         n_maps = len(self.classes_) if class_index is None else len(class_index)
         out = np.empty((images.shape[0], n_maps, gh, gw), dtype=np.float32)
         if class_index is not None:
-            # select on the device, so only the requested maps are copied to the host
+            # on the device: only the requested maps are computed and copied to the host
             class_index = torch.as_tensor(np.asarray(class_index, dtype=np.int64), device=device)
         desc = f"{type(self).__name__} patch logits"
         with torch.no_grad():
             for start in _chunk_starts(self, images.shape[0], n_images, desc):
                 chunk = images[start : start + n_images].transpose(0, 3, 1, 2)
                 x = torch.as_tensor(np.ascontiguousarray(chunk, dtype=np.float32))
-                logits = self._forward_patch_logits(module, x.to(device), stride, pads)
-                if class_index is not None:
-                    logits = logits[:, class_index]
+                logits = self._forward_patch_logits(
+                    module, x.to(device), stride, pads, class_index
+                )
                 out[start : start + n_images] = logits.float().cpu().numpy()
         return out
 

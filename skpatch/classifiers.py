@@ -15,12 +15,36 @@ import torch
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
 
 from ._base_classifier import BasePatchNetClassifier
+from .extraction import _grid_shape
+from .nn._patch_net import build_initialized
 from .utils._validation import check_size_pair
 
 __all__ = ["BagNetClassifier", "PatchCNNClassifier"]
 
 _RESNETS = {"resnet10": 10, "resnet18": 18, "resnet34": 34}
 _BAGNET_PATCH_SIZES = (9, 17, 33)
+
+# activation memory one BagNet inference chunk may hold, per device type
+_BAGNET_INFERENCE_BYTES = {"cpu": 256 * 2**20, "cuda": 1024 * 2**20}
+
+
+def _bagnet_activation_bytes(net, height, width):
+    """Estimated memory of one image's dense BagNet forward (no gradient), in bytes.
+
+    The largest activation of the forward (the input included), times 4 for
+    the tensors alive at once inside a bottleneck block (its input, kept for
+    the residual, two intermediate maps and the output), in float32.
+    """
+    largest = net.conv1.in_channels * height * width
+    largest = max(largest, net.conv1.out_channels * height * width)
+    height, width = height - 2, width - 2  # the stem's unpadded 3x3 conv
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in stage:
+            largest = max(largest, block.conv1.out_channels * height * width)
+            (kh, kw), (sh, sw) = block.conv2.kernel_size, block.conv2.stride
+            height, width = (height - kh) // sh + 1, (width - kw) // sw + 1
+            largest = max(largest, block.conv3.out_channels * height * width)
+    return 4 * 4 * largest
 
 
 def _load_state_dict(path):
@@ -75,8 +99,13 @@ class PatchCNNClassifier(BasePatchNetClassifier):
 instance, default='resnet18'
         The network. Names build a CIFAR-style ResNet
         (:func:`skpatch.nn.resnet`) of the given depth and ``width``; a class
-        is called as ``module(n_classes=K, in_channels=C)``; an instance is
-        deep-copied and trained as it is. It must map ``(B, C, ph, pw)`` to
+        is called as ``module(n_classes=K, in_channels=C)`` on torch's meta
+        device and its layers get torch's default initialization drawn from
+        the fit's generator (:func:`skpatch.nn.build_initialized`: custom
+        initial values its constructor writes are replaced; a class with
+        parameters outside convolution, linear, norm and embedding layers is a
+        ``TypeError``); an instance is deep-copied and trained as it is, with
+        its own initial values. It must map ``(B, C, ph, pw)`` to
         logits ``(B, K)``; ``fit`` checks that with a forward pass of one
         training crop and raises a ``ValueError`` for another output size.
     width : int, default=64
@@ -128,14 +157,17 @@ default='sgd'
     amp : 'auto' or bool, default='auto'
         bfloat16 autocast; ``'auto'`` turns it on for CUDA only.
     random_state : int, RandomState instance or None, default=None
-        Seeds weight initialisation, shuffling, crops and flips. On the CPU
-        a fixed value gives identical models.
+        Seeds weight initialisation, shuffling, crops and flips, through
+        ``torch.Generator`` objects of the fit; torch's and numpy's global
+        generators are left alone. On the CPU a fixed value gives identical
+        models, also when several fits run in parallel threads.
     verbose : int, default=1
         0 silent, 1 skorch's epoch table, 2 also skorch's ``ProgressBar``.
         When > 0, inference (``predict_proba``, ``patch_logits`` and the
         functions built on them) shows a tqdm progress bar on stderr.
     callbacks : list of skorch callbacks or (name, callback) pairs, default=None
-        Passed through to the skorch net.
+        Passed through to the skorch net (as copies: the objects that ran are
+        in ``callbacks_``); unnamed ones are named ``'user_0'``, ``'user_1'``...
     image_shape : tuple (H, W) or (H, W, C), default=None
         Shape of one image when ``X`` is given as 2-D rows.
 
@@ -144,12 +176,18 @@ default='sgd'
     classes_ : ndarray of shape (n_classes,)
         Class labels.
     net_ : skorch.NeuralNetClassifier
-        The trained net; ``net_.module_`` is a
-        :class:`~skpatch._base_classifier.PatchNetModule` wrapping the network.
+        The trained net.
+    module_ : skpatch.nn.PatchNetModule
+        The trained torch module (``net_.module_``) in eval mode; its ``core``
+        is the network. Register forward hooks here.
+    callbacks_ : dict of str to skorch.callbacks.Callback
+        The callbacks skorch ran in ``fit``, by name: skorch's defaults, the
+        learning-rate schedule and the fitted copies of ``callbacks``.
     history_ : skorch.History
         Per-epoch training record (loss, validation scores, durations).
     device_ : str
-        Device the network lives on.
+        Device the network lives on: the one ``fit`` ran on, or ``'cpu'`` (with
+        a warning) after unpickling a GPU-fitted model on a machine without it.
     channel_mean_, channel_std_ : ndarray of shape (C,)
         Per-channel normalization learned from the training images.
     n_features_in_ : int
@@ -248,25 +286,26 @@ default='sgd'
     def _check_params_vs_input(self, images):
         super()._check_params_vs_input(images)
         patch_size = check_size_pair(self.patch_size, "patch_size")
-        height, width = images.shape[1:3]
-        if patch_size[0] > height or patch_size[1] > width:
-            raise ValueError(
-                f"patch_size {patch_size} is larger than the images: they are "
-                f"{height}x{width} (H x W); patch_size must be at most that."
-            )
+        # raises when the patch is larger than the images
+        _grid_shape(images.shape[1:3], patch_size, (1, 1), ((0, 0), (0, 0)))
         self._patch_size = patch_size
         check_size_pair(self.inference_stride, "inference_stride")
 
-    def _build_module(self, n_classes, n_channels):
+    def _build_module(self, n_classes, n_channels, generator):
         from .nn import resnet
 
         if isinstance(self.module, str):
-            return resnet(
-                _RESNETS[self.module], n_classes=n_classes, in_channels=n_channels,
-                width=self.width,
+            return build_initialized(
+                lambda: resnet(
+                    _RESNETS[self.module], n_classes=n_classes, in_channels=n_channels,
+                    width=self.width,
+                ),
+                generator,
             )
         if isinstance(self.module, type):
-            return self.module(n_classes=n_classes, in_channels=n_channels)
+            return build_initialized(
+                lambda: self.module(n_classes=n_classes, in_channels=n_channels), generator
+            )
         if not isinstance(self.module, torch.nn.Module):
             raise TypeError(
                 "module must be a ResNet name, a torch.nn.Module class or a "
@@ -346,13 +385,15 @@ class BagNetClassifier(BasePatchNetClassifier):
     amp : 'auto' or bool, default='auto'
         bfloat16 autocast in training; ``'auto'`` enables it on CUDA only.
     random_state : int, RandomState instance or None, default=None
-        Seeds the weight initialization, shuffling and augmentation.
+        Seeds the weight initialization, shuffling and augmentation through
+        ``torch.Generator`` objects of the fit; the global generators are
+        left alone, so seeded fits in parallel threads equal serial ones.
     verbose : int, default=1
         0 is silent, 1 prints skorch's epoch table, 2 adds a progress bar.
         When > 0, inference (``predict_proba``, ``patch_logits`` and the
         functions built on them) shows a tqdm progress bar on stderr.
     callbacks : list or None, default=None
-        Extra skorch callbacks.
+        Extra skorch callbacks (copied; the fitted ones are in ``callbacks_``).
     image_shape : tuple (H, W) or (H, W, C), default=None
         Shape of one image when ``X`` holds flattened rows.
 
@@ -360,10 +401,17 @@ class BagNetClassifier(BasePatchNetClassifier):
     ----------
     classes_ : ndarray of shape (n_classes,)
     net_ : skorch.NeuralNetClassifier
-        The trained network; ``net_.module_.core`` is the BagNet (wrapped in
-        :class:`~skpatch.nn.bagnet.InputAffine` when ``weights`` is given).
+        The trained net.
+    module_ : skpatch.nn.PatchNetModule
+        The trained torch module (``net_.module_``); ``module_.core`` is the
+        BagNet (wrapped in :class:`~skpatch.nn.bagnet.InputAffine` when
+        ``weights`` is given).
+    callbacks_ : dict of str to skorch.callbacks.Callback
+        The callbacks skorch ran in ``fit``, by name.
     history_ : skorch.History
     device_ : str
+        Device the network runs on (``'cpu'``, with a warning, after unpickling
+        a GPU-fitted model on a machine without that GPU).
     channel_mean_, channel_std_ : ndarray of shape (C,)
         Per-channel statistics of the training images.
     n_features_in_ : int
@@ -378,7 +426,9 @@ class BagNetClassifier(BasePatchNetClassifier):
 
     Notes
     -----
-    ``patch_logits`` runs the network once per image: because all
+    ``patch_logits`` runs the network once per chunk of images, as many per
+    forward pass as fit in an activation budget (256 MB on the CPU, 1 GB on
+    CUDA, from an estimate of one image's dense forward): because all
     convolutions are unpadded and strided from the top-left corner, the
     evidence at grid location ``(i, j)`` is exactly the network's output on
     the patch ``X[8 i : 8 i + q, 8 j : 8 j + q]`` alone. The pooled logit
@@ -471,7 +521,9 @@ class BagNetClassifier(BasePatchNetClassifier):
             )
         q = self.patch_size
         height, width = images.shape[1:3]
-        if height < q or width < q:
+        try:
+            _grid_shape((height, width), (q, q), (8, 8), ((0, 0), (0, 0)))
+        except ValueError:
             fitting = [p for p in sorted(_BAGNET_PATCH_SIZES) if p <= min(height, width)]
             advice = (
                 f"pass patch_size={' or '.join(map(str, fitting))}"
@@ -481,7 +533,7 @@ class BagNetClassifier(BasePatchNetClassifier):
             raise ValueError(
                 f"images of size {height}x{width} are smaller than patch_size={q}: a "
                 f"BagNet-{q} needs images of at least {q}x{q} pixels; {advice}."
-            )
+            ) from None
         if self.weights is not None:
             if not os.path.isfile(self.weights):
                 raise ValueError(f"weights={self.weights!r} is not a file.")
@@ -495,7 +547,7 @@ class BagNetClassifier(BasePatchNetClassifier):
     def _default_patch_stride(self):
         return 8
 
-    def _build_module(self, n_classes, n_channels):
+    def _build_module(self, n_classes, n_channels, generator):
         from .nn.bagnet import (
             IMAGENET_MEAN,
             IMAGENET_STD,
@@ -505,14 +557,17 @@ class BagNetClassifier(BasePatchNetClassifier):
             load_reference_weights,
         )
 
-        net = BagNet(
-            BAGNET_KERNEL3[self.patch_size],
-            self._layers,
-            n_classes=n_classes,
-            width=self.width,
-            in_channels=n_channels,
-            # the reference stem momentum (0.001) barely moves in a short run from scratch
-            stem_momentum=0.001 if self.weights is not None else 0.1,
+        net = build_initialized(
+            lambda: BagNet(
+                BAGNET_KERNEL3[self.patch_size],
+                self._layers,
+                n_classes=n_classes,
+                width=self.width,
+                in_channels=n_channels,
+                # the reference stem momentum (0.001) barely moves in a short run from scratch
+                stem_momentum=0.001 if self.weights is not None else 0.1,
+            ),
+            generator,
         )
         if self.weights is not None:
             state = _load_state_dict(self.weights)
@@ -540,7 +595,13 @@ class BagNetClassifier(BasePatchNetClassifier):
         in_mean, in_std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
         return InputAffine(net, data_std / in_std, (data_mean - in_mean) / in_std)
 
-    def _forward_patch_logits(self, module, x, stride, pads):
+    def _images_per_forward(self, padded_hw, grid_hw):
+        core = self.module_.core
+        net = getattr(core, "net", core)  # the BagNet inside an InputAffine
+        budget = _BAGNET_INFERENCE_BYTES["cuda" if self.device_.startswith("cuda") else "cpu"]
+        return max(1, budget // _bagnet_activation_bytes(net, *padded_hw))
+
+    def _forward_patch_logits(self, module, x, stride, pads, class_index=None):
         step = 8  # pixels between neighbouring BagNet locations
         if any(s not in (1, 2, 4, 8) for s in stride):
             raise ValueError(
@@ -552,17 +613,18 @@ class BagNetClassifier(BasePatchNetClassifier):
             x = torch.nn.functional.pad(x, (left, right, top, bottom))
         x = module.normalize(x)
         if tuple(stride) == (step, step):
-            return module.core.patch_logits(x)
+            return module.core.patch_logits(x, class_index)
         # a finer stride: one pass per offset of the 8-pixel grid, interleaved
         q = self.patch_size
         sh, sw = stride
         height, width = x.shape[-2:]
-        out = x.new_empty(
-            (x.shape[0], len(self.classes_), (height - q) // sh + 1, (width - q) // sw + 1)
-        )
+        n_maps = len(self.classes_) if class_index is None else len(class_index)
+        out = x.new_empty((x.shape[0], n_maps, (height - q) // sh + 1, (width - q) // sw + 1))
         for top_offset in range(0, min(step, height - q + 1), sh):
             for left_offset in range(0, min(step, width - q + 1), sw):
-                evidence = module.core.patch_logits(x[:, :, top_offset:, left_offset:])
+                evidence = module.core.patch_logits(
+                    x[:, :, top_offset:, left_offset:], class_index
+                )
                 rows = slice(top_offset // sh, None, step // sh)
                 cols = slice(left_offset // sw, None, step // sw)
                 out[:, :, rows, cols] = evidence

@@ -129,7 +129,8 @@ def test_heatmap_selects_classes_before_the_host_copy(odd, data, monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "cpu", recording_cpu)
     maps = class_heatmap(odd, X[:3], classes=[5])
-    np.testing.assert_array_equal(maps, full[:, [1]])
+    # only fc's row of class 5 is applied now: a GEMM of another shape, float32 rounding
+    _assert_close(maps, full[:, [1]])
     assert copied and all(shape[1] == 1 for shape in copied)
 
 

@@ -3,6 +3,13 @@
 Importing this subpackage imports torch; ``import skpatch`` does not.
 """
 
+from ._patch_net import (
+    PatchNetModule,
+    build_initialized,
+    init_parameters,
+    random_crop,
+    sliding_window_logits,
+)
 from .bagnet import BAGNET_KERNEL3, BagNet, Bottleneck, bagnet9, bagnet17, bagnet33
 from .resnet import BasicBlock, CIFARResNet, resnet, resnet10, resnet18, resnet34
 
@@ -12,11 +19,16 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "CIFARResNet",
+    "PatchNetModule",
     "bagnet9",
     "bagnet17",
     "bagnet33",
+    "build_initialized",
+    "init_parameters",
+    "random_crop",
     "resnet",
     "resnet10",
     "resnet18",
     "resnet34",
+    "sliding_window_logits",
 ]

@@ -210,11 +210,18 @@ class BagNet(nn.Module):
         x = self.relu(self.bn1(self.conv2(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
-    def patch_logits(self, x):
-        """Class evidence of every location, ``(n, n_classes, gh, gw)``."""
+    def patch_logits(self, x, classes=None):
+        """Class evidence of every location, ``(n, n_classes, gh, gw)``.
+
+        ``classes`` (a sequence or tensor of class indices) computes the maps
+        of those classes only, in that order, from their rows of ``fc``.
+        """
         features = self.features(x)
+        weight, bias = self.fc.weight, self.fc.bias
+        if classes is not None:
+            weight, bias = weight[classes], None if bias is None else bias[classes]
         # fc applied at each location is a 1x1 convolution with the same weights
-        return F.conv2d(features, self.fc.weight[:, :, None, None], self.fc.bias)
+        return F.conv2d(features, weight[:, :, None, None], bias)
 
     def forward(self, x):
         if not self.avg_pool:
@@ -334,8 +341,8 @@ class InputAffine(nn.Module):
     def forward(self, x):
         return self.net(x * self.scale + self.shift)
 
-    def patch_logits(self, x):
-        return self.net.patch_logits(x * self.scale + self.shift)
+    def patch_logits(self, x, classes=None):
+        return self.net.patch_logits(x * self.scale + self.shift, classes)
 
 
 def load_reference_weights(model, state_dict, *, reset_fc=False):
