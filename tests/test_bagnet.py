@@ -471,3 +471,94 @@ def test_frozen_backbone_trains_with_batch_size_one(toy_data, tmp_path):
     clf = BagNetClassifier(9, weights=path, freeze_backbone=True,
                            **{**TINY, "batch_size": 1, "max_epochs": 1}).fit(X[18:22], y[18:22])
     assert clf.history_[-1, "train_batch_count"] == 4
+
+
+# --- hook-ready activations: every ReLU its own nn.ReLU, called once per forward ---
+
+import copy  # noqa: E402
+
+from torch.nn import functional as F  # noqa: E402
+
+
+def _shared_relu_reference(model, x):
+    """The forward of the reference layout: one inplace ReLU reused per block."""
+    x = F.relu(model.bn1(model.conv2(model.conv1(x))), inplace=True)
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            out = F.relu(block.bn1(block.conv1(x)), inplace=True)
+            out = F.relu(block.bn2(block.conv2(out)), inplace=True)
+            out = block.bn3(block.conv3(out))
+            residual = x if block.downsample is None else block.downsample(x)
+            h, w = out.shape[-2:]
+            x = F.relu(out + residual[..., :h, :w], inplace=True)
+    return model.fc(x.mean(dim=(2, 3)))
+
+
+def _relu_calls(model, x):
+    """Calls of each ReLU name in one forward (duplicates kept, to expose sharing)."""
+    relus = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
+             if isinstance(m, torch.nn.ReLU)]
+    counts = dict.fromkeys((name for name, _ in relus), 0)
+    handles = []
+    for name, module in relus:
+        def hook(module, inputs, output, name=name):
+            counts[name] += 1
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts, [m for _, m in relus]
+
+
+@pytest.mark.parametrize("patch_size", [9, 17, 33])
+def test_every_activation_is_its_own_relu_called_once(patch_size):
+    # ResNet-50 layout: 1 stem ReLU + 3 per bottleneck x (3 + 4 + 6 + 3) blocks = 49
+    model = CONSTRUCTORS[patch_size](n_classes=3, width=1).eval()
+    counts, modules = _relu_calls(model, torch.randn(1, 3, patch_size, patch_size))
+    assert len(counts) == 1 + 3 * 16 == 49
+    assert len({id(m) for m in modules}) == 49  # no instance reused
+    assert set(counts.values()) == {1}
+    assert {name.rsplit(".", 1)[-1] for name in counts} == {"relu", "relu1", "relu2", "relu3"}
+    # still the reference keys: ReLU modules add none
+    assert _reference_state_dict_shapes(KERNEL3[patch_size], width=1, n_classes=3) == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("patch_size", [9, 17, 33])
+def test_outputs_equal_shared_relu_forward_bit_for_bit(patch_size):
+    model = _tiny(patch_size)
+    x = torch.randn(2, 3, 41, 45, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), _shared_relu_reference(model, x))
+    # training mode, float32: batch statistics, and the same gradients
+    model = model.float().train()
+    reference = copy.deepcopy(model)
+    model(x.float()).square().sum().backward()
+    _shared_relu_reference(reference, x.float()).square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_stem_hook_mask_equals_independent_computation():
+    model = _tiny(17)
+    x = torch.randn(2, 3, 25, 25, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["mask"] = output > 0
+        captured["input"], captured["output"] = inputs[0], output
+
+    handle = model.relu.register_forward_hook(hook)
+    with torch.no_grad():
+        model(x)
+        pre_activation = model.bn1(model.conv2(model.conv1(x)))
+    handle.remove()
+    assert torch.equal(captured["mask"], pre_activation > 0)
+    # not inplace: the kept input is the pre-activation, the kept output is not
+    # overwritten by the rest of the forward
+    assert (captured["input"] < 0).any()
+    assert torch.equal(captured["input"], pre_activation)
+    assert torch.equal(captured["output"], torch.relu(pre_activation))

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,123 @@ def test_block_layout_per_depth():
 def test_unknown_depth_is_an_error():
     with pytest.raises(ValueError, match="depth must be one of"):
         resnet(50)
+
+
+# --- hook-ready activations: every ReLU its own nn.ReLU, called once per forward ---
+
+
+def _randomized(net, seed=0):
+    """Non-trivial BatchNorm statistics so eval mode is not close to identity."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+            module.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
+            module.bias.data.copy_(0.2 * torch.randn(n, generator=gen))
+    return net
+
+
+def _functional_reference(net, x):
+    """The forward of the code before activations were modules: ``torch.relu``."""
+    x = torch.relu(net.stem[1](net.stem[0](x)))
+    for stage in net.stages:
+        for block in stage:
+            out = torch.relu(block.bn1(block.conv1(x)))
+            out = block.bn2(block.conv2(out))
+            x = torch.relu(out + block.shortcut(x))
+    return net.fc(torch.flatten(net.pool(x), 1))
+
+
+def _count_relu_calls(net, x):
+    """Calls per ReLU module name in one forward, and the hooked modules."""
+    counts, handles = {}, []
+    # remove_duplicate=False: a module registered under two names would show up twice
+    relus = [(name, m) for name, m in net.named_modules(remove_duplicate=False)
+             if isinstance(m, torch.nn.ReLU)]
+    for name, module in relus:
+        counts[name] = 0
+
+        def hook(module, inputs, output, name=name):
+            counts[name] += 1
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts, [m for _, m in relus]
+
+
+@pytest.mark.parametrize("depth, n_activations",
+                         # 1 stem + 2 per BasicBlock: blocks 4, 8, 16
+                         [(10, 1 + 2 * 4), (18, 1 + 2 * 8), (34, 1 + 2 * 16)])
+def test_every_activation_is_its_own_relu_called_once(depth, n_activations):
+    net = resnet(depth, n_classes=3, width=2).eval()
+    counts, modules = _count_relu_calls(net, torch.randn(1, 3, 4, 4))
+    assert len(counts) == n_activations
+    assert len({id(m) for m in modules}) == n_activations  # no instance reused
+    assert set(counts.values()) == {1}
+    # and no activation left functional: each block calls its own two modules
+    for stage in net.stages:
+        for block in stage:
+            assert isinstance(block.relu1, torch.nn.ReLU)
+            assert block.relu1 is not block.relu2
+
+
+def test_relu_modules_keep_state_dict_keys():
+    """The keys of the layout before activations were modules, written out."""
+    bn_keys = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    expected = {"stem.0.weight", "fc.weight", "fc.bias"}
+    expected |= {f"stem.1.{k}" for k in bn_keys}
+    for stage in range(4):
+        for block in range(2):
+            prefix = f"stages.{stage}.{block}"
+            expected |= {f"{prefix}.conv1.weight", f"{prefix}.conv2.weight"}
+            expected |= {f"{prefix}.bn{i}.{k}" for i in (1, 2) for k in bn_keys}
+            if stage > 0 and block == 0:  # stride 2 and wider: a projection shortcut
+                expected.add(f"{prefix}.shortcut.0.weight")
+                expected |= {f"{prefix}.shortcut.1.{k}" for k in bn_keys}
+    assert set(resnet18(width=4).state_dict()) == expected
+
+
+@pytest.mark.parametrize("depth", [10, 18])
+def test_outputs_equal_functional_relu_forward_bit_for_bit(depth):
+    torch.manual_seed(0)
+    net = _randomized(resnet(depth, n_classes=4, in_channels=2, width=4)).eval()
+    x = torch.randn(3, 2, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(net(x), _functional_reference(net, x))
+    # training mode: batch statistics, and the same gradients
+    net.train()
+    reference = copy.deepcopy(net)
+    net(x).square().sum().backward()
+    _functional_reference(reference, x).square().sum().backward()
+    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_stem_hook_mask_equals_independent_computation():
+    torch.manual_seed(0)
+    net = _randomized(resnet10(n_classes=3, width=4)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    captured = {}
+
+    def hook(module, inputs, output):
+        captured["mask"] = output > 0
+        captured["input"], captured["output"] = inputs[0], output
+
+    handle = net.stem[2].register_forward_hook(hook)
+    with torch.no_grad():
+        net(x)
+        pre_activation = net.stem[1](net.stem[0](x))
+    handle.remove()
+    assert torch.equal(captured["mask"], pre_activation > 0)
+    # not inplace: the kept input is the pre-activation, the kept output is not
+    # overwritten by the rest of the forward
+    assert (captured["input"] < 0).any()
+    assert torch.equal(captured["input"], pre_activation)
+    assert torch.equal(captured["output"], torch.relu(pre_activation))

@@ -53,6 +53,12 @@ class Bottleneck(nn.Module):
         Kernel of the middle conv.
     downsample : bool, default=False
         Add a 1x1 conv + BatchNorm projection on the residual path.
+
+    Notes
+    -----
+    Each of the three activations is its own ``nn.ReLU`` (``relu1``,
+    ``relu2``, ``relu3``), called once per forward, so a forward hook sees
+    every activation of the block.
     """
 
     expansion = 4
@@ -68,7 +74,11 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        # not inplace: a hook that keeps the input or output of an activation must
+        # see the values of that call, not ones overwritten later
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
+        self.relu3 = nn.ReLU()
         self.downsample = None
         if downsample:
             self.downsample = nn.Sequential(
@@ -77,14 +87,14 @@ class Bottleneck(nn.Module):
             )
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         residual = x if self.downsample is None else self.downsample(x)
         # an unpadded 3x3 conv shrinks the map; keep the residual's top-left part
         h, w = out.shape[-2:]
         residual = residual[..., :h, :w]
-        return self.relu(out + residual)
+        return self.relu3(out + residual)
 
 
 class BagNet(nn.Module):
@@ -128,6 +138,13 @@ class BagNet(nn.Module):
     block 0, which also carries ``downsample``; head ``fc``. With
     ``avg_pool=False`` the reference returns ``(n, gh, gw, K)``; this module
     returns ``(n, K, gh, gw)``, the patch-logit layout of skpatch.
+
+    Every activation is its own ``nn.ReLU`` module, called once per forward:
+    the stem's ``relu`` and each block's ``relu1``, ``relu2``, ``relu3``
+    (``1 + 3 * sum(layers)`` in all, 49 for ResNet-50 layers), so forward
+    hooks on the ``nn.ReLU`` modules see each activation once. The
+    reference reuses one inplace ``relu`` per block; the state-dict keys are
+    the same, as ReLU has no parameters.
     """
 
     def __init__(
@@ -154,7 +171,8 @@ class BagNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=1, padding=0, bias=False)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=0, bias=False)
         self.bn1 = nn.BatchNorm2d(width, momentum=stem_momentum)
-        self.relu = nn.ReLU(inplace=True)
+        # the stem's only activation; each block has its own three
+        self.relu = nn.ReLU()
         channels = width
         receptive_field, jump = 3, 1
         for stage, (n_blocks, n_kernel3, stride) in enumerate(

@@ -26,6 +26,11 @@ class BasicBlock(nn.Module):
         Channels of the output.
     stride : int, default=1
         Stride of the first convolution and of the projection shortcut.
+
+    Notes
+    -----
+    Each activation is its own ``nn.ReLU`` (``relu1``, ``relu2``), called once
+    per forward, so a forward hook sees every activation of the block.
     """
 
     def __init__(self, in_channels, out_channels, stride=1):
@@ -36,6 +41,10 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        # not inplace: a hook that keeps the input or output of an activation must
+        # see the values of that call, not ones overwritten later
+        self.relu1 = nn.ReLU()
+        self.relu2 = nn.ReLU()
         self.shortcut = nn.Sequential()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -44,9 +53,9 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class CIFARResNet(nn.Module):
@@ -69,6 +78,10 @@ class CIFARResNet(nn.Module):
     A 3x3 convolution with stride 2 and padding 1 maps a 1x1 input to a 1x1
     output, so every input size works; small inputs simply stop shrinking.
 
+    Every activation is its own ``nn.ReLU`` module called once per forward
+    (``stem.2`` and each block's ``relu1``, ``relu2``: ``1 + 2 * sum(blocks)``
+    in all), so forward hooks on the ``nn.ReLU`` modules see each activation.
+
     References
     ----------
     K. He, X. Zhang, S. Ren and J. Sun, "Deep residual learning for image
@@ -88,7 +101,7 @@ class CIFARResNet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
         )
         stages = []
         channels = width
