@@ -1,17 +1,28 @@
 """scikit-learn's estimator checks over every public estimator.
 
-Each entry of ``ESTIMATORS`` is a fast, seeded setting. Images enter the
-checks as 2-D rows; ``image_shape=(1, -1)`` reads each row as a one-pixel-high
-strip, so every check (any number of features) has a valid image layout.
+The estimators are discovered, not listed: every class in ``skpatch.__all__``
+that subclasses :class:`sklearn.base.BaseEstimator`. ``SETTINGS`` maps each
+one's name to its fast, seeded settings (a Pipeline row that feeds an
+estimator valid data sits under that estimator), and
+``test_every_public_estimator_has_settings`` fails for a discovered estimator
+without an entry, so a new one cannot be forgotten. Images enter the checks as
+2-D rows; ``image_shape=(1, -1)`` reads each row as a one-pixel-high strip, so
+every check (any number of features) has a valid image layout.
 ``EXPECTED_FAILED`` maps an estimator class name to the checks that cannot
-apply to images, each with its reason. Later components add their rows here.
+apply to images, each with its reason. The expected failures are strict
+(``xfail_strict`` in pyproject.toml, and passed to ``parametrize_with_checks``):
+an entry whose check passes fails the suite, so stale entries cannot linger.
 """
 
 import numpy as np
-from sklearn.pipeline import make_pipeline
+import pytest
+from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import skpatch
+from _helpers import TinyPatchNet
 from skpatch import PatchBoundPredictor, PatchDictionaryEmbedding, PatchExtractor
 from skpatch import PatchOrderer
 from skpatch import PatchCNNClassifier
@@ -32,18 +43,6 @@ class _RowsAsImages:
 
     def __repr__(self):
         return "_RowsAsImages()"
-
-
-class _TinyPatchNet:
-    """A one-layer patch network for the checks, built on first call (torch stays lazy)."""
-
-    def __new__(cls, n_classes, in_channels):
-        import torch
-
-        return torch.nn.Sequential(
-            torch.nn.Conv2d(in_channels, 8, 1), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, n_classes),
-        )
 
 
 class _BoundSettings:
@@ -70,33 +69,73 @@ class _BoundSettings:
         return "_BoundSettings()"
 
 
-ESTIMATORS = [
-    PatchExtractor(patch_size=(1, 1), image_shape=(1, -1), flatten=True),
-    PatchDictionaryEmbedding(
-        patch_size=1, n_atoms=4, n_neighbors=2, dictionary="gaussian", pooling=1,
-        image_shape=(1, -1), random_state=0,
-    ),
-    PatchBoundPredictor(),
-    PatchOrderer(patch_size=(1, 1), measure="l2", image_shape=(1, -1)),
-    PatchCNNClassifier(
-        patch_size=1, module=_TinyPatchNet, max_epochs=2, batch_size=32, lr=0.05,
-        device="cpu", verbose=0, random_state=0, image_shape=(1, -1),
-    ),
-    make_pipeline(
-        FunctionTransformer(_BoundSettings(), validate=True), PatchBoundPredictor()
-    ),
-    BagNetClassifier(
-        9, width=1, layers=(1, 1, 1, 1), max_epochs=1, batch_size=32, device="cpu",
-        verbose=0, random_state=0, image_shape=(1, -1),
-    ),
-    make_pipeline(
-        FunctionTransformer(_RowsAsImages(), validate=True),
-        BagNetClassifier(
-            9, width=2, layers=(1, 1, 1, 1), max_epochs=1, batch_size=32, device="cpu",
-            verbose=0, random_state=0,
+# third-party packages a public name may need that the suite does not require
+_OPTIONAL_PACKAGES = {"dask", "distributed", "matplotlib", "PIL", "pandas", "tqdm"}
+
+
+def _discover_public_estimators():
+    """``{name: class}`` of the public estimators, and ``{name: reason}`` of the
+    public names that could not be loaded because an optional package is absent."""
+    found, unavailable = {}, {}
+    for name in skpatch.__all__:
+        try:
+            value = getattr(skpatch, name)  # skpatch loads lazily via __getattr__
+        except ImportError as exc:
+            missing = (getattr(exc, "name", None) or "").split(".")[0]
+            if missing not in _OPTIONAL_PACKAGES:
+                raise
+            unavailable[name] = f"optional package {missing!r} is not installed"
+            continue
+        if isinstance(value, type) and issubclass(value, BaseEstimator):
+            found[name] = value
+    return found, unavailable
+
+
+PUBLIC_ESTIMATORS, UNAVAILABLE_NAMES = _discover_public_estimators()
+
+# public estimator name -> its fast, seeded settings; a Pipeline row is listed
+# under the estimator it ends with
+SETTINGS = {
+    "PatchExtractor": [
+        PatchExtractor(patch_size=(1, 1), image_shape=(1, -1), flatten=True),
+    ],
+    "PatchDictionaryEmbedding": [
+        PatchDictionaryEmbedding(
+            patch_size=1, n_atoms=4, n_neighbors=2, dictionary="gaussian", pooling=1,
+            image_shape=(1, -1), random_state=0,
         ),
-    ),
-]
+    ],
+    "PatchBoundPredictor": [
+        PatchBoundPredictor(),
+        make_pipeline(
+            FunctionTransformer(_BoundSettings(), validate=True), PatchBoundPredictor()
+        ),
+    ],
+    "PatchOrderer": [
+        PatchOrderer(patch_size=(1, 1), measure="l2", image_shape=(1, -1)),
+    ],
+    "PatchCNNClassifier": [
+        PatchCNNClassifier(
+            patch_size=1, module=TinyPatchNet, max_epochs=2, batch_size=32, lr=0.05,
+            device="cpu", verbose=0, random_state=0, image_shape=(1, -1),
+        ),
+    ],
+    "BagNetClassifier": [
+        BagNetClassifier(
+            9, width=1, layers=(1, 1, 1, 1), max_epochs=1, batch_size=32, device="cpu",
+            verbose=0, random_state=0, image_shape=(1, -1),
+        ),
+        make_pipeline(
+            FunctionTransformer(_RowsAsImages(), validate=True),
+            BagNetClassifier(
+                9, width=2, layers=(1, 1, 1, 1), max_epochs=1, batch_size=32, device="cpu",
+                verbose=0, random_state=0,
+            ),
+        ),
+    ],
+}
+
+ESTIMATORS = [row for rows in SETTINGS.values() for row in rows]
 
 # checks that fit on rows of 1 to 10 features: as one-pixel-high images they
 # are smaller than the 9x9 receptive field, which fit rejects by design; the
@@ -190,6 +229,68 @@ def _expected_failed_checks(estimator):
     return EXPECTED_FAILED.get(type(estimator).__name__, {})
 
 
-@parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failed_checks)
+_CHECKS = parametrize_with_checks(
+    ESTIMATORS, expected_failed_checks=_expected_failed_checks, xfail_strict=True
+)
+
+
+def _final_estimator(row):
+    return row.steps[-1][1] if isinstance(row, Pipeline) else row
+
+
+def _check_name(check):
+    while hasattr(check, "func"):  # functools.partial, possibly nested
+        check = check.func
+    return check.__name__
+
+
+def test_discovery_finds_the_known_estimators():
+    # guards the discovery against silently finding nothing (lazy loading changed)
+    known = {
+        "PatchExtractor", "PatchDictionaryEmbedding", "PatchBoundPredictor",
+        "PatchOrderer", "PatchCNNClassifier", "BagNetClassifier",
+    }
+    assert known <= set(PUBLIC_ESTIMATORS)
+
+
+def test_every_public_estimator_has_settings():
+    missing = sorted(set(PUBLIC_ESTIMATORS) - set(SETTINGS))
+    assert not missing, (
+        f"public estimators without a row in test_common.SETTINGS: {missing}; add "
+        "fast, seeded settings for each (and EXPECTED_FAILED entries with reasons "
+        "for the checks that cannot apply to images)"
+    )
+    stale = sorted(set(SETTINGS) - set(PUBLIC_ESTIMATORS) - set(UNAVAILABLE_NAMES))
+    assert not stale, f"SETTINGS rows for names that are not public estimators: {stale}"
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_settings_rows_are_of_their_estimator(name):
+    assert SETTINGS[name], f"SETTINGS[{name!r}] holds no row"
+    for row in SETTINGS[name]:
+        assert type(_final_estimator(row)).__name__ == name
+
+
+def test_every_expected_failure_names_a_check_that_runs():
+    # a typo or a renamed check would otherwise be an entry that never applies
+    ran = {}
+    for param in _CHECKS.args[1]:
+        estimator, check = getattr(param, "values", param)
+        ran.setdefault(type(estimator).__name__, set()).add(_check_name(check))
+    for owner, entries in EXPECTED_FAILED.items():
+        assert owner in ran or not entries, f"EXPECTED_FAILED[{owner!r}]: no such row"
+        unknown = sorted(set(entries) - ran.get(owner, set()))
+        assert not unknown, f"EXPECTED_FAILED[{owner!r}] lists checks never run: {unknown}"
+        empty = sorted(check for check, reason in entries.items() if not str(reason).strip())
+        assert not empty, f"EXPECTED_FAILED[{owner!r}] entries without a reason: {empty}"
+
+
+def test_unavailable_public_names():
+    if not UNAVAILABLE_NAMES:
+        return
+    pytest.skip(f"not checked, optional packages absent: {UNAVAILABLE_NAMES}")
+
+
+@_CHECKS
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)

@@ -1,0 +1,105 @@
+"""Small shared pieces of the test suite: tiny networks, seeded images, tolerances.
+
+Import them in a test module with ``from _helpers import ...`` (pytest puts
+``tests/`` on ``sys.path``); ``conftest.py`` wraps the data and settings in
+fixtures. Nothing here imports torch at import time: ``import _helpers``
+stays as cheap as ``import skpatch``.
+"""
+
+import numpy as np
+
+__all__ = [
+    "TinyPatchNet",
+    "TINY_PATCH_CNN",
+    "TINY_BAGNET",
+    "TINY_EMBEDDING",
+    "reference_images",
+    "fitted_torch_module",
+    "max_abs_error",
+    "assert_close_to_scale",
+]
+
+
+class TinyPatchNet:
+    """A one-layer patch network, built on first call (torch stays lazy).
+
+    Pass the class itself as ``module=`` of a ``PatchCNNClassifier``: the
+    classifier calls it with ``(n_classes, in_channels)``. Hook-ready (its
+    ReLU is a module), no BatchNorm, so it trains on any batch size.
+    """
+
+    def __new__(cls, n_classes, in_channels):
+        import torch
+
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(in_channels, 8, 1), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, n_classes),
+        )
+
+
+# fast, seeded settings; copy them into an estimator with **, override as needed
+TINY_PATCH_CNN = dict(
+    module=TinyPatchNet, max_epochs=1, batch_size=8, lr=0.05, device="cpu",
+    verbose=0, random_state=0,
+)
+TINY_BAGNET = dict(
+    patch_size=9, width=2, layers=(1, 1, 1, 1), max_epochs=1, batch_size=8,
+    device="cpu", verbose=0, random_state=0,
+)
+TINY_EMBEDDING = dict(
+    patch_size=3, n_atoms=16, n_neighbors=4, dictionary="data", pooling=2,
+    random_state=0,
+)
+
+
+def reference_images(n_images=24, height=12, width=12, channels=3, *, seed=0):
+    """Seeded float32 images in [0, 1] and labels of 2 classes a network can learn.
+
+    Class 1 images carry a bright 4x4 square at a random place, class 0 a
+    dark one, over uniform noise. Returns ``(X, y)`` with ``X`` of shape
+    ``(n, H, W, C)`` (``(n, H, W)`` when ``channels`` is None), both read-only
+    so that a test cannot change what the next one sees.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (n_images, height, width) + (() if channels is None else (channels,))
+    images = rng.uniform(0.25, 0.75, size=shape).astype(np.float32)
+    y = np.arange(n_images) % 2
+    tops = rng.integers(0, height - 3, n_images)
+    lefts = rng.integers(0, width - 3, n_images)
+    for i, (top, left) in enumerate(zip(tops, lefts)):
+        images[i, top : top + 4, left : left + 4] = 0.95 if y[i] else 0.05
+    images.flags.writeable = False
+    y.flags.writeable = False
+    return images, y
+
+
+def fitted_torch_module(estimator):
+    """The trained ``torch.nn.Module`` of a fitted patch classifier.
+
+    ``module_`` is the fitted attribute (skorch's name); older fits keep it
+    on the skorch net as ``net_.module_``.
+    """
+    module = getattr(estimator, "module_", None)
+    if module is None or isinstance(module, (str, type)):
+        module = estimator.net_.module_
+    return module
+
+
+def max_abs_error(actual, expected):
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.max(np.abs(actual - expected))) if actual.size else 0.0
+
+
+def assert_close_to_scale(actual, expected, rtol, *, what="values"):
+    """``max |actual - expected| <= rtol * max(|expected|)``: a tolerance relative
+    to the compared magnitudes, not to each entry (small entries carry the
+    rounding error of the large ones they were summed with)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    error = max_abs_error(actual, expected)
+    assert error <= rtol * max(scale, np.finfo(np.float32).tiny), (
+        f"{what}: max abs error {error:.3g} exceeds {rtol:g} x scale {scale:.3g}"
+    )
