@@ -290,10 +290,14 @@ def test_classifier_learns_colour_cue(fitted, toy_data):
 
 
 def test_classifier_results_do_not_depend_on_chunk_size(fitted, toy_data, monkeypatch):
+    from skpatch import classifiers
+    from skpatch.classifiers import _bagnet_activation_bytes
+
     X, _ = toy_data
     full = fitted.patch_logits(X)
-    for max_patches in (6, 30, 10_000):  # 1, 2 and all 40 images per forward pass
-        monkeypatch.setattr(fitted, "_max_patches", lambda: max_patches)
+    per_image = _bagnet_activation_bytes(fitted.module_.core, 25, 33)
+    for n_images in (1, 2, 40):  # images per forward pass
+        monkeypatch.setitem(classifiers._BAGNET_INFERENCE_BYTES, "cpu", n_images * per_image)
         # float32 convolution kernels round differently with the batch size: ulp level
         assert_close_scaled(fitted.patch_logits(X), full, rtol=1e-5)
 
@@ -562,3 +566,131 @@ def test_stem_hook_mask_equals_independent_computation():
     assert (captured["input"] < 0).any()
     assert torch.equal(captured["input"], pre_activation)
     assert torch.equal(captured["output"], torch.relu(pre_activation))
+
+
+# ---- per-fit randomness, batched inference, selected classes ---------------------
+
+
+def test_classifier_seeded_fits_in_threads_equal_serial_fits(toy_data):
+    import threading
+
+    X, y = toy_data
+
+    def make(seed):
+        return BagNetClassifier(9, **{**TINY, "random_state": seed})
+
+    serial = {seed: make(seed).fit(X, y).predict_proba(X) for seed in (0, 1)}
+    fitted_in_threads, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def work(seed):
+        try:
+            barrier.wait()
+            fitted_in_threads[seed] = make(seed).fit(X, y)
+        except Exception as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    state = torch.get_rng_state()
+    for seed in (0, 1):
+        # bit for bit (0.030 apart when fits shared torch's global generator)
+        np.testing.assert_array_equal(fitted_in_threads[seed].predict_proba(X), serial[seed])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_bagnet_initialization_equals_default_construction_with_that_seed():
+    from skpatch.nn import build_initialized
+
+    net = build_initialized(lambda: bagnet17(n_classes=3, width=2, layers=(1, 2, 1, 1)),
+                            torch.Generator().manual_seed(3))
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        expected = bagnet17(n_classes=3, width=2, layers=(1, 2, 1, 1))
+    for key, value in expected.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_activation_estimate_is_the_largest_activation_of_a_forward():
+    from skpatch.classifiers import _bagnet_activation_bytes
+
+    net = bagnet33(n_classes=2, width=3, layers=(2, 1, 2, 1), in_channels=3).eval()
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
+             for m in net.modules() if m is not net]
+    with torch.no_grad():
+        net.patch_logits(torch.zeros(1, 3, 50, 41))
+    for hook in hooks:
+        hook.remove()
+    # 4 float32 tensors of the largest size alive at once
+    assert _bagnet_activation_bytes(net, 50, 41) == 4 * 4 * max(sizes + [3 * 50 * 41])
+
+
+@pytest.fixture(scope="module")
+def fitted_161():
+    """A tiny BagNet-33 on 161x161 images: a 17x17 grid, 289 locations per image."""
+    rng = np.random.default_rng(2)
+    X = rng.random((20, 161, 161, 3)).astype(np.float32)
+    y = np.tile([0, 1, 2, 3], 5)
+    clf = BagNetClassifier(33, **{**TINY, "max_epochs": 1}).fit(X[:8], y[:8])
+    return clf, X, y
+
+
+def _count_forwards(clf, compute):
+    """Batch sizes of the network's forward passes while ``compute()`` runs."""
+    net = getattr(clf.module_.core, "net", clf.module_.core)
+    batches = []
+    handle = net.layer1.register_forward_hook(lambda m, i, o: batches.append(o.shape[0]))
+    try:
+        result = compute()
+    finally:
+        handle.remove()
+    return result, batches
+
+
+def test_inference_batches_many_images_per_forward(fitted_161, monkeypatch):
+    from skpatch import classifiers
+
+    clf, X, _ = fitted_161
+    batched, batches = _count_forwards(clf, lambda: clf.patch_logits(X))
+    # the old sliding-window budget (256 patches) gave one image per forward: 20 passes
+    assert batches == [20]
+    # one image per forward, as before, gives the same evidence
+    monkeypatch.setitem(classifiers._BAGNET_INFERENCE_BYTES, "cpu", 1)
+    per_image, batches = _count_forwards(clf, lambda: clf.patch_logits(X))
+    assert batches == [1] * 20
+    assert_close_scaled(batched, per_image, rtol=1e-5)  # float32, batch-size rounding
+    proba, batches = _count_forwards(clf, lambda: clf.predict_proba(X))
+    assert batches == [1] * 20
+    monkeypatch.undo()
+    np.testing.assert_allclose(clf.predict_proba(X), proba, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [8, 4])
+def test_heatmap_of_one_class_computes_only_its_row(fitted_161, monkeypatch, stride):
+    from skpatch.inspection import class_heatmap
+
+    clf, X, _ = fitted_161
+    fc = clf.module_.core.fc
+    full = clf.patch_logits(X[:3], stride=stride)
+    widths = []
+    conv2d = torch.nn.functional.conv2d
+
+    def recording_conv2d(x, weight, *args, **kwargs):
+        if weight.shape[1:] == (fc.in_features, 1, 1):  # the per-location fc
+            widths.append(weight.shape[0])
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", recording_conv2d)
+    selected = clf._selected_patch_logits(X[:3], np.array([2]), stride=stride)
+    assert widths and set(widths) == {1}  # only row 2 of fc was applied
+    # the same numbers as the full maps' row (a 1x1 conv of one output channel)
+    assert_close_scaled(selected, full[:, [2]], rtol=1e-5)
+    widths.clear()
+    maps = class_heatmap(clf, X[:2], classes=[3, 1], padding=0)
+    assert set(widths) == {2}
+    assert_close_scaled(maps, clf.patch_logits(X[:2], stride=1)[:, [3, 1]], rtol=1e-5)

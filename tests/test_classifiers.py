@@ -401,3 +401,183 @@ def test_defaults_suit_small_data_sets():
     # 256 gave 5 steps per epoch and 10% test accuracy (chance); 64 with the
     # one-cycle schedule gave 70% (31% with per-epoch cosine annealing)
     assert params["batch_size"] == 64 and params["lr_schedule"] == "onecycle"
+
+
+# ---- per-fit randomness, devices, fitted module and callbacks --------------------
+
+
+def _fit_in_threads(make, X, y, seeds):
+    """Fit ``make(seed)`` for every seed, each in its own thread, all at once."""
+    import threading
+
+    fitted, errors = {}, []
+    barrier = threading.Barrier(len(seeds))
+
+    def work(seed):
+        try:
+            barrier.wait()
+            fitted[seed] = make(seed).fit(X, y)
+        except Exception as exc:  # re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return fitted
+
+
+def test_seeded_fits_in_threads_equal_serial_fits(rgb_data):
+    X, y = rgb_data
+
+    def make(seed):
+        # crops, flips, shuffling and a validation split all draw random numbers
+        return PatchCNNClassifier(3, **{**FAST, "random_state": seed, "train_split": 0.25})
+
+    serial = {seed: make(seed).fit(X, y).predict_proba(X) for seed in (0, 1)}
+    threaded = _fit_in_threads(make, X, y, (0, 1))
+    for seed in (0, 1):
+        # bit for bit: the fits share no generator (0.065 apart before, one global one)
+        np.testing.assert_array_equal(threaded[seed].predict_proba(X), serial[seed])
+    assert not np.array_equal(serial[0], serial[1])
+
+
+def test_fit_leaves_global_generators_alone(rgb_data):
+    X, y = rgb_data
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
+    clf = PatchCNNClassifier(3, **{**FAST, "train_split": 0.25}).fit(X, y)
+    clf.predict_proba(X)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == numpy_state[0] and after[2:] == numpy_state[2:]
+    np.testing.assert_array_equal(after[1], numpy_state[1])
+    # and the global generators do not feed the fit: reseeding them changes nothing
+    torch.manual_seed(123)
+    again = PatchCNNClassifier(3, **{**FAST, "train_split": 0.25}).fit(X, y)
+    torch.set_rng_state(torch_state)
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+
+
+def test_grid_search_in_threads_equals_serial_search():
+    from joblib import parallel_config
+
+    rng = np.random.default_rng(1)
+    X, y = stripes(48, 8, rng)
+    cv = StratifiedKFold(2, shuffle=True, random_state=0)
+    params = {**FAST, "max_epochs": 1}
+    grid = {"patch_size": [2, 4]}
+    serial = GridSearchCV(PatchCNNClassifier(**params), grid, cv=cv, n_jobs=1).fit(X, y)
+    with parallel_config(backend="threading"):
+        threaded = GridSearchCV(PatchCNNClassifier(**params), grid, cv=cv, n_jobs=2).fit(X, y)
+    np.testing.assert_array_equal(threaded.cv_results_["mean_test_score"],
+                                  serial.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(threaded.best_estimator_.predict_proba(X),
+                                  serial.best_estimator_.predict_proba(X))
+
+
+def test_random_crop_draws_from_the_given_generator():
+    x = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8).expand(50, 1, 8, 8)
+    state = torch.get_rng_state()
+    a = random_crop(x, (3, 4), generator=torch.Generator().manual_seed(5))
+    b = random_crop(x, (3, 4), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b)
+    # the same draws as torch's global generator seeded alike: the generator is used
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        expected = random_crop(x, (3, 4))
+    assert torch.equal(a, expected)
+    assert not torch.equal(a, random_crop(x, (3, 4), generator=torch.Generator().manual_seed(6)))
+
+
+def test_network_initialization_equals_default_construction_with_that_seed():
+    from skpatch.nn import build_initialized, init_parameters, resnet10
+
+    net = build_initialized(lambda: resnet10(n_classes=3, in_channels=2, width=4),
+                            torch.Generator().manual_seed(7))
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        expected = resnet10(n_classes=3, in_channels=2, width=4)
+    assert net.state_dict().keys() == expected.state_dict().keys()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+    class OwnParameter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+    with pytest.raises(TypeError, match="OwnParameter holds parameters .* instance"):
+        init_parameters(OwnParameter(), torch.Generator())
+
+
+class _CountEpochs(Callback):
+    """Epochs seen; at module level so that a fitted classifier holding it pickles."""
+
+    def initialize(self):
+        self.n_epochs = 0
+        return self
+
+    def on_epoch_end(self, net, **kwargs):
+        self.n_epochs += 1
+
+
+def test_fitted_module_is_hook_ready_and_callbacks_are_reachable(rgb_data):
+    X, y = rgb_data
+    given = _CountEpochs()
+    clf = PatchCNNClassifier(3, **{**FAST, "callbacks": [given]}).fit(X, y)
+    assert clf.module_ is clf.net_.module_ and not clf.module_.training
+    # the user's object is copied; the copy that ran is in callbacks_
+    assert not hasattr(given, "n_epochs")
+    assert clf.callbacks_["user_0"].n_epochs == FAST["max_epochs"]
+    assert clf.callbacks_["user_0"] is dict(clf.net_.callbacks_)["user_0"]
+    assert "lr_schedule" in clf.callbacks_
+    # a forward hook on module_ sees the inference passes and changes nothing
+    seen = []
+    handle = clf.module_.core.fc.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        logits = clf.patch_logits(X[:2])
+    finally:
+        handle.remove()
+    assert sum(shape[0] for shape in seen) == 2 * 7 * 6  # every 3x3 patch of 9x8 images
+    restored = pickle.loads(pickle.dumps(clf))
+    assert restored.module_ is restored.net_.module_
+    assert restored.callbacks_["user_0"].n_epochs == FAST["max_epochs"]
+    np.testing.assert_array_equal(restored.patch_logits(X[:2]), logits)
+
+
+@pytest.mark.parametrize("fitted_device", ["cuda", "cuda:1"])
+def test_gpu_fitted_device_runs_on_the_cpu_with_a_warning(fitted, rgb_data, fitted_device):
+    X, _ = rgb_data
+    if torch.cuda.device_count() > 1:
+        pytest.skip("needs a machine without that GPU")
+    expected = fitted.predict(X), fitted.predict_proba(X)
+    gpu_like = pickle.loads(pickle.dumps(fitted))
+    gpu_like.device_ = fitted_device  # what a fit on that GPU records
+    with pytest.warns(UserWarning, match=rf"PatchCNNClassifier .*'{fitted_device}'"):
+        restored = pickle.loads(pickle.dumps(gpu_like))
+    assert restored.device_ == "cpu" and str(restored.net_.device) == "cpu"
+    np.testing.assert_array_equal(restored.predict(X), expected[0])
+    np.testing.assert_array_equal(restored.predict_proba(X), expected[1])
+
+
+def test_absent_explicit_device_is_an_error_at_fit(rgb_data):
+    X, y = rgb_data
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match=f"device='{device}'"):
+            PatchCNNClassifier(3, **{**FAST, "device": device}).fit(X, y)
+
+
+def test_torch_pieces_are_public_in_skpatch_nn():
+    import skpatch._base_classifier as base
+    import skpatch.nn as nn
+
+    for name in ("PatchNetModule", "random_crop", "sliding_window_logits"):
+        assert name in nn.__all__
+        # the old private names still work, and are the same objects
+        assert getattr(base, name) is getattr(nn, name)

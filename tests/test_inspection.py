@@ -285,3 +285,38 @@ def test_plot_blackout_plots_the_scores(odd, data):
     np.testing.assert_allclose(line.get_ydata(), res["log_loss"][:3][order])
     with pytest.raises(ValueError, match="metric must be"):
         plot_blackout(res, metric="f1")
+
+
+def test_heatmap_applies_only_the_selected_rows_of_the_last_layer(odd, data, monkeypatch):
+    X, _ = data
+    full = class_heatmap(odd, X[:3])
+    widths = []
+    linear = torch.nn.functional.linear
+
+    def recording_linear(x, weight, bias=None):
+        widths.append(weight.shape[0])
+        return linear(x, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+    assert class_heatmap(odd, X[:3]).shape[1] == 3 and set(widths) == {3}
+    widths.clear()
+    maps = class_heatmap(odd, X[:3], classes=[9, 3])
+    # the ResNet's fc ran with 2 of its 3 rows only
+    assert widths and set(widths) == {2}
+    _assert_close(maps, full[:, [2, 0]])
+
+
+def test_heatmap_of_a_core_without_known_last_layer_selects_after(data):
+    X, y = data
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, n_classes, in_channels):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_channels, n_classes, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    clf = PatchCNNClassifier(3, **{**FAST, "module": Pooled}).fit(X, y)
+    full = class_heatmap(clf, X[:2])
+    np.testing.assert_array_equal(class_heatmap(clf, X[:2], classes=[5]), full[:, [1]])
