@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOp
 
 from ._base_classifier import BasePatchNetClassifier
 from .extraction import _grid_shape
-from .nn._patch_net import build_initialized
+from .nn._patch_net import build_initialized, build_seeded
 from .utils._validation import check_size_pair
 
 __all__ = ["BagNetClassifier", "PatchCNNClassifier"]
@@ -99,13 +99,10 @@ class PatchCNNClassifier(BasePatchNetClassifier):
 instance, default='resnet18'
         The network. Names build a CIFAR-style ResNet
         (:func:`skpatch.nn.resnet`) of the given depth and ``width``; a class
-        is called as ``module(n_classes=K, in_channels=C)`` on torch's meta
-        device and its layers get torch's default initialization drawn from
-        the fit's generator (:func:`skpatch.nn.build_initialized`: custom
-        initial values its constructor writes are replaced; a class with
-        parameters outside convolution, linear, norm and embedding layers is a
-        ``TypeError``); an instance is deep-copied and trained as it is, with
-        its own initial values. It must map ``(B, C, ph, pw)`` to
+        is called as ``module(n_classes=K, in_channels=C)``, its own
+        initialization included, with its random draws seeded from the fit's
+        generator (:func:`skpatch.nn.build_seeded`); an instance is
+        deep-copied and trained as it is, with its own initial values. It must map ``(B, C, ph, pw)`` to
         logits ``(B, K)``; ``fit`` checks that with a forward pass of one
         training crop and raises a ``ValueError`` for another output size.
     width : int, default=64
@@ -303,7 +300,7 @@ default='sgd'
                 generator,
             )
         if isinstance(self.module, type):
-            return build_initialized(
+            return build_seeded(
                 lambda: self.module(n_classes=n_classes, in_channels=n_channels), generator
             )
         if not isinstance(self.module, torch.nn.Module):

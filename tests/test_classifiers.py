@@ -581,3 +581,42 @@ def test_torch_pieces_are_public_in_skpatch_nn():
         assert name in nn.__all__
         # the old private names still work, and are the same objects
         assert getattr(base, name) is getattr(nn, name)
+
+
+class _ZeroInitHead(torch.nn.Module):
+    """A user network whose constructor sets its own initial values."""
+
+    def __init__(self, n_classes, in_channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.scale = torch.nn.Parameter(torch.full((1,), 0.5))
+        self.head = torch.nn.Linear(6, n_classes)
+        torch.nn.init.zeros_(self.head.weight)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.head(x * self.scale)
+
+
+def test_a_module_class_keeps_its_own_initialization_seeded_by_the_fit():
+    from skpatch.nn import build_seeded
+
+    def build(seed):
+        return build_seeded(lambda: _ZeroInitHead(3, 2), torch.Generator().manual_seed(seed))
+
+    before = torch.random.get_rng_state()
+    net = build(7)
+    assert torch.equal(torch.random.get_rng_state(), before)  # global generator restored
+    # the constructor ran as written: its zeros and its 0.5 are kept
+    assert torch.count_nonzero(net.head.weight) == 0 and float(net.scale) == 0.5
+    # the random layers are drawn from the seed: the same seed, the same weights
+    again, other = build(7), build(8)
+    assert torch.equal(net.conv.weight, again.conv.weight)
+    assert not torch.equal(net.conv.weight, other.conv.weight)
+    # and the same in threads as serially
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(build, [7, 8, 7, 8]))
+    for got, expected in zip(threaded, [net, other, net, other]):
+        assert torch.equal(got.conv.weight, expected.conv.weight)

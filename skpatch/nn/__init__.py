@@ -6,6 +6,7 @@ Importing this subpackage imports torch; ``import skpatch`` does not.
 from ._patch_net import (
     PatchNetModule,
     build_initialized,
+    build_seeded,
     init_parameters,
     random_crop,
     sliding_window_logits,
@@ -24,6 +25,7 @@ __all__ = [
     "bagnet17",
     "bagnet33",
     "build_initialized",
+    "build_seeded",
     "init_parameters",
     "random_crop",
     "resnet",

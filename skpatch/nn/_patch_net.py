@@ -8,6 +8,7 @@ the other.
 """
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 __all__ = [
     "PatchNetModule",
     "build_initialized",
+    "build_seeded",
     "init_parameters",
     "random_crop",
     "sliding_window_logits",
@@ -268,3 +270,32 @@ def build_initialized(factory, generator, device="cpu"):
         module = factory()
     module.to_empty(device=device)
     return init_parameters(module, generator)
+
+
+# one construction at a time may borrow torch's global generator
+_GLOBAL_GENERATOR_LOCK = threading.Lock()
+
+
+def build_seeded(factory, generator):
+    """``factory()`` run as written, its random draws seeded from ``generator``.
+
+    For a user's module class, whose constructor may set its own initial
+    values: it runs under :func:`torch.random.fork_rng` with the global
+    generator seeded from ``generator``, and the global state is restored
+    afterwards. A lock keeps two skpatch fits from constructing at once, so
+    seeded fits in parallel threads build the same networks as serial ones.
+
+    Parameters
+    ----------
+    factory : callable
+        Returns a ``torch.nn.Module`` (built on the CPU).
+    generator : torch.Generator
+
+    Returns
+    -------
+    module : torch.nn.Module
+    """
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with _GLOBAL_GENERATOR_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
