@@ -1,66 +1,20 @@
-"""The patch encodings and the spatial pooling behind PatchDictionaryEmbedding.
+"""The patch encodings behind PatchDictionaryEmbedding (region sums of the codes).
 
 Pure torch functions on one chunk of images. Every function works image by
 image in the sense that no value depends on another image of the chunk, which
 is what makes ``transform`` identical whatever the chunk size. torch is
-imported by the caller (this module is only imported from ``embedding.py``).
+imported by the caller (this module is only imported by the engine, ``_encoder.py``;
+the regions themselves are in ``_pooling.py``).
 """
 
-import numpy as np
 import torch
 
 __all__ = [
-    "pool_regions",
-    "pool_matrix",
     "encode_hard",
     "encode_hard_sparse",
     "encode_triangle",
     "encode_full",
 ]
-
-
-def pool_regions(grid_shape, pooling):
-    """Region index of every patch position and the size of every region.
-
-    The ``gh x gw`` grid is cut into ``pooling x pooling`` blocks of near-equal
-    size: row ``i`` goes to block row ``floor(i * pooling / gh)``.
-
-    Parameters
-    ----------
-    grid_shape : tuple (gh, gw)
-    pooling : int
-
-    Returns
-    -------
-    region : ndarray of shape (gh * gw,), int64
-        Row-major region number of each row-major position.
-    counts : ndarray of shape (pooling * pooling,), int64
-        Number of positions in each region.
-    """
-    gh, gw = grid_shape
-    rows = np.arange(gh) * pooling // gh
-    cols = np.arange(gw) * pooling // gw
-    region = (rows[:, None] * pooling + cols[None, :]).ravel().astype(np.int64)
-    counts = np.bincount(region, minlength=pooling * pooling).astype(np.int64)
-    return region, counts
-
-
-def pool_matrix(region, counts):
-    """``(R, P)`` 0/1 matrix summing the positions of each region.
-
-    Parameters
-    ----------
-    region : torch.Tensor of shape (P,), int64
-    counts : torch.Tensor of shape (R,), float32
-
-    Returns
-    -------
-    pool : torch.Tensor of shape (R, P), float32
-    """
-    n_positions = region.shape[0]
-    pool = torch.zeros(counts.shape[0], n_positions, device=counts.device)
-    pool[region, torch.arange(n_positions, device=counts.device)] = 1.0
-    return pool
 
 
 def encode_hard(mask, n_images, pool):
@@ -73,7 +27,7 @@ def encode_hard(mask, n_images, pool):
         row-major positions).
     n_images : int
     pool : torch.Tensor of shape (R, P)
-        From :func:`pool_matrix`.
+        From :func:`skpatch._pooling.pool_matrix`.
 
     Returns
     -------

@@ -4,65 +4,37 @@ The unsupervised model of Coates et al. (2011), Thiry et al. (2021) and
 Brutzkus et al. (2022): whiten the patches, build a dictionary of atoms, encode
 each patch by its nearest atoms, pool the codes over a spatial grid. A linear
 classifier on top gives the published patch-based CIFAR-10 models.
+
+This module is the estimator: parameters, checks, sampling and the fitted
+arrays. The whitening is in ``_whitening.py``; the engine that encodes
+(search, encodings, pooling, threads) in ``_encoder.py``, ``_encodings.py``
+and ``_pooling.py``.
 """
 
 import sys
-import threading
 import time
-import warnings
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils import check_random_state, gen_batches
-from sklearn.utils._chunking import get_chunk_n_rows
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
+from . import _whitening
 from .extraction import _extract_view
-from .utils._device import check_device_param
-from .utils._validation import check_size_pair, validate_images
+from .utils._device import check_device_param, resolve_device, runtime_device
+from .utils._validation import (
+    _check_float32_range,
+    _check_input_scale,
+    _dtype_family,
+    _peak,
+    _to_float,
+    check_size_pair,
+    validate_images,
+)
 
 __all__ = ["PatchDictionaryEmbedding"]
-
-# Coates et al.'s brightness/contrast regularizer 10 on 0-255 pixels, on [0, 1]
-_CONTRAST_REG = 10.0 / 255.0**2
-# for 2 <= k <= this, faiss's search beats GEMM + selection on CPU (measured:
-# k = 1 is a GEMM + argmax, and from k = 8 the GEMM + partition path wins)
-_FAISS_MAX_K = 4
-# score buffer of the nearest-atom (k = 1) path: 1 MB (256 rows of 1024 atoms)
-# measured best among 128 KB - 4 MB on a 2-core EPYC (512 KB L2 per core)
-_NEAREST_BLOCK_BYTES = 1 << 20
-
-
-_TORCH_THREADS_LOCK = threading.Lock()
-_TORCH_THREADS = {"active": 0, "caller": None}
-
-
-@contextmanager
-def _single_threaded_torch():
-    """torch on one intra-op thread while any transform runs chunk threads.
-
-    The caller's ``torch.get_num_threads()`` is saved by the first of
-    concurrent transforms (say, from a threaded grid search) and restored by
-    the last, so overlapping calls cannot leave torch on one thread.
-    """
-    import torch
-
-    with _TORCH_THREADS_LOCK:
-        if _TORCH_THREADS["active"] == 0:
-            _TORCH_THREADS["caller"] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _TORCH_THREADS["active"] += 1
-    try:
-        yield
-    finally:
-        with _TORCH_THREADS_LOCK:
-            _TORCH_THREADS["active"] -= 1
-            if _TORCH_THREADS["active"] == 0:
-                torch.set_num_threads(_TORCH_THREADS["caller"])
 
 
 class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
@@ -148,16 +120,26 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     batch_size : int or 'auto', default='auto'
         Images encoded per chunk; ``'auto'`` bounds each chunk's buffers
         (about 8 MB of scores, or 32-64 MB of patches where no dense score
-        buffer is needed). On CPU with the GEMM backend the chunks are encoded
-        in parallel, one per thread, on ``torch.get_num_threads()`` threads
-        (each running torch single-threaded), so the working memory is that
-        many chunks. The output does not depend on either.
-    device : {'auto', 'cpu', 'cuda'} or str, default='auto'
-        Where the GEMMs and k-means run; ``'auto'`` uses a CUDA GPU when one
-        is visible.
+        buffer is needed). Each chunk is converted to float on its own, so
+        the working memory does not grow with the number of images. The
+        output does not depend on the chunk size.
+    n_jobs : int or None, default=None
+        Threads of ``transform`` on CPU. With the GEMM backend, chunks are
+        encoded in parallel, one per thread, each running torch
+        single-threaded (the working memory is that many chunks); with faiss,
+        its search runs on that many threads. None: the process's limit
+        (``joblib.parallel_config``, ``OMP_NUM_THREADS`` and threadpoolctl
+        limits); -1: all CPUs. The limits are set in the worker threads only:
+        no process-wide setting (``torch.get_num_threads()`` included)
+        changes. The output does not depend on it.
+    device : {'auto', 'cpu', 'cuda'} or 'cuda:N', default='auto'
+        Where the GEMMs, k-means and faiss index run; ``'auto'`` uses a CUDA
+        GPU when one is visible. An explicit device that is not there is an
+        error at ``fit``; a model fitted on a GPU and loaded where there is
+        none runs on the CPU, with a warning.
     random_state : int, RandomState instance or None, default=None
         Seeds the patch sampling, the data atoms, the Gaussian atoms and
-        faiss k-means.
+        faiss k-means (a seed derived from it; no global generator is used).
     verbose : int, default=0
         Print progress of fitting and encoding to stderr.
     image_shape : tuple (H, W) or (H, W, C), default=None
@@ -174,7 +156,10 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     atoms_ : ndarray of shape (n_atoms, ph * pw * C), float32
         The dictionary, in the whitened space.
     index_ : faiss.Index
-        Exact L2 index over ``atoms_`` (rebuilt from them when unpickled).
+        Exact L2 index over ``atoms_``, on ``device_`` (not pickled; rebuilt
+        from the atoms on first use by the faiss search after unpickling).
+    device_ : str
+        The torch device ``fit`` ran on (``'cpu'``, ``'cuda'``, ``'cuda:N'``).
     n_neighbors_ : int
         The resolved ``k``.
     patch_grid_shape_ : tuple (gh, gw)
@@ -201,6 +186,12 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     ``(sign, region_row, region_col, atom[, component])`` flattened in that
     order, float32. The nearest atoms come from a GEMM, so neighbours that
     are exactly tied may differ between backends and devices.
+
+    The fitted state is numpy arrays. What runs them (the device tensors,
+    the chosen search and the faiss index) is a private engine,
+    ``skpatch._encoder.PatchEncoder``, built by ``fit``, cached, dropped
+    when pickled and rebuilt on first use after unpickling, on the device
+    present.
 
     References
     ----------
@@ -247,6 +238,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         "n_patches_fit": [Interval(Integral, 1, None, closed="left")],
         "knn_backend": [StrOptions({"auto", "faiss", "gemm"})],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "n_jobs": [Integral, None],
         "device": [str],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -273,6 +265,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         n_patches_fit=262144,
         knn_backend="auto",
         batch_size="auto",
+        n_jobs=None,
         device="auto",
         random_state=None,
         verbose=0,
@@ -295,10 +288,30 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self.n_patches_fit = n_patches_fit
         self.knn_backend = knn_backend
         self.batch_size = batch_size
+        self.n_jobs = n_jobs
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
         self.image_shape = image_shape
+
+    # ----------------------------------------------------------- validation
+    def _validate_images(self, X, *, reset):
+        """Validated ``(n, H, W, C)`` images in their own dtype (uint8 stays uint8).
+
+        The checks of ``validate_images(..., dtype='float')`` without its
+        conversion of all of X: chunks are scaled to float as they are encoded.
+        """
+        images = validate_images(self, X, reset=reset, dtype=None)
+        _check_float32_range(images, "X")
+        if reset:
+            self._fit_input_scale = None
+        peak = _peak(images)
+        if images.dtype == np.uint8:  # the peak of the scaled pixels (same float32 division)
+            peak = float(_to_float(np.asarray([peak], dtype=np.uint8))[0])
+        peak = _check_input_scale(self, _dtype_family(images.dtype), np.asarray([peak]))
+        if reset:
+            self._fit_input_scale = (_dtype_family(images.dtype), peak)
+        return images
 
     # ------------------------------------------------------------------ fit
     def _check_params_vs_input(self, images):
@@ -384,31 +397,59 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         -------
         self : PatchDictionaryEmbedding
         """
+        return self._fit(self._validate_images(X, reset=True))
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None):
+        """Fit to ``X`` and encode it, validating ``X`` once.
+
+        Equal to ``fit(X).transform(X)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+            Training images; uint8 is scaled to [0, 1].
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n, n_features_out), float32
+        """
+        images = self._validate_images(X, reset=True)
+        return self._fit(images)._transform(images)
+
+    def _fit(self, images):
         from .utils import _faiss
 
         random_state = check_random_state(self.random_state)
-        images = validate_images(self, X, reset=True, dtype="float")
         k = self._check_params_vs_input(images)
-        device = self._torch_device()
+        self._encoder = None  # a refit drops the engine of the previous fit
+        self.device_ = resolve_device(self.device)
+        use_gpu = self.device_.startswith("cuda")
         start = time.perf_counter()
 
-        patches = self._sample_patches(images, random_state)
-        patches = self._normalize(patches)
-        if self.flip_invariant:
-            # a flip-symmetric mean and covariance: the whitening commutes with the mirror
-            self._fit_whitening(np.concatenate([patches, patches[:, self._mirror_dims()]]))
-        else:
-            self._fit_whitening(patches)
-        whitened = (patches - self.mean_) @ self.whitening_
+        patches = _whitening.normalize_patches(
+            self._sample_patches(images, random_state), self.patch_normalize
+        )
+        mirror_dims = _whitening.mirror_dims(self._patch_size, images.shape[3])
+        # a flip-symmetric mean and covariance: the whitening commutes with the mirror
+        sample = np.concatenate([patches, patches[:, mirror_dims]]) if self.flip_invariant else patches
+        fitted = _whitening.fit_whitening(
+            sample, whiten=self.whiten, whiten_reg=self.whiten_reg,
+            n_full_components=self.n_full_components, patch_normalize=self.patch_normalize,
+        )
+        self.mean_, self.whitening_ = fitted.mean, fitted.whitening
+        self.explained_variance_ = fitted.explained_variance
+        self._full_projection = fitted.full_projection
+        whitened = _whitening.whiten_patches(patches, self.mean_, self.whitening_)
         self._log(f"whitened {patches.shape[0]} patches", start)
 
         n_atoms = int(self.n_atoms) // 2 if self.flip_invariant else int(self.n_atoms)
         if self.dictionary == "kmeans":
             atoms = _faiss.faiss_kmeans(
-                whitened,
-                n_atoms,
-                seed=random_state.randint(np.iinfo(np.int32).max),
-                use_gpu=device.startswith("cuda"),
+                whitened, n_atoms, seed=random_state.randint(np.iinfo(np.int32).max),
+                use_gpu=use_gpu,
             )
         elif self.dictionary == "data":
             chosen = random_state.choice(whitened.shape[0], n_atoms, replace=False)
@@ -421,7 +462,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             self.mirror_atoms_ = np.roll(np.arange(2 * n_atoms), n_atoms)
             n_atoms *= 2
         self.atoms_ = np.ascontiguousarray(atoms, dtype=np.float32)
-        self.index_ = _faiss.build_index(self.atoms_, use_gpu=device.startswith("cuda"))
+        self.index_ = _faiss.build_index(self.atoms_, use_gpu=use_gpu)
         self._log(f"built a {self.dictionary!r} dictionary of {n_atoms} atoms", start)
 
         self.n_neighbors_ = k
@@ -430,27 +471,20 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         per_atom = self.n_full_components if self.encoding == "full" else 1
         kept = n_atoms // 2 if self.flip_invariant else n_atoms
         self.n_features_out_ = n_signs * self.pooling**2 * kept * per_atom
+        self._get_encoder()  # built now: transform leaves the estimator as it is
         return self
 
-    def _mirror_dims(self):
-        """Permutation of a patch row's ``(ph, pw, C)`` entries that mirrors it left-right."""
-        ph, pw = self._patch_size
-        channels = self.image_shape_[2]
-        return np.arange(ph * pw * channels).reshape(ph, pw, channels)[:, ::-1].ravel()
-
     def _whitened_mirror(self):
-        """``M`` with ``mirror(x) -> q M`` for whitened rows ``q = (x - mean) W``.
-
-        ``M = W^-1 P W`` with ``P`` the mirror permutation; ``P`` itself for
-        ZCA (and no whitening), whose ``W`` commutes with ``P`` once the
-        covariance is flip-symmetric.
-        """
-        whitening = self.whitening_.astype(np.float64)
-        permutation = np.eye(whitening.shape[0])[self._mirror_dims()].T
-        return np.linalg.solve(whitening, permutation @ whitening)
+        """``M`` with ``mirror(x) -> q M`` for whitened rows (see ``_whitening.whitened_mirror``)."""
+        dims = _whitening.mirror_dims(self._patch_size, self.image_shape_[2])
+        return _whitening.whitened_mirror(self.whitening_, dims)
 
     def _sample_patches(self, images, random_state):
-        """``n_patches_fit`` patches drawn without replacement, as float32 rows."""
+        """``n_patches_fit`` patches drawn without replacement, as float32 rows.
+
+        Drawn from the images in their own dtype and scaled afterwards (uint8
+        to [0, 1]): the same numbers as scaling all images first.
+        """
         grid = self._grid
         view = _extract_view(images, self._patch_size, self._stride, ((0, 0), (0, 0)))
         n_total = images.shape[0] * grid[0] * grid[1]
@@ -458,65 +492,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         chosen = np.sort(rng.choice(n_total, self._n_sampled, replace=False))
         image, rest = np.divmod(chosen, grid[0] * grid[1])
         row, col = np.divmod(rest, grid[1])
-        patches = view[image, row, col]
+        patches = _to_float(view[image, row, col])
         return patches.reshape(patches.shape[0], -1).astype(np.float32)
-
-    def _normalize(self, patches):
-        if not self.patch_normalize:
-            return patches
-        centred = patches - patches.mean(axis=1, keepdims=True)
-        scale = np.sqrt(centred.var(axis=1, keepdims=True) + _CONTRAST_REG)
-        return centred / scale
-
-    def _fit_whitening(self, patches):
-        patches64 = patches.astype(np.float64)
-        mean = patches64.mean(axis=0)
-        centred = patches64 - mean
-        cov = centred.T @ centred / patches64.shape[0]
-        eigenvalues, eigenvectors = np.linalg.eigh(cov)
-        order = np.argsort(eigenvalues)[::-1]
-        eigenvalues = np.clip(eigenvalues[order], 0.0, None)
-        eigenvectors = eigenvectors[:, order]
-        dim = patches.shape[1]
-        if self.whiten is None:
-            whitening = np.eye(dim)
-            full_projection = eigenvectors
-        else:
-            if self.whiten_reg == 0:
-                self._check_full_rank(eigenvalues)
-            scale = 1.0 / np.sqrt(eigenvalues + self.whiten_reg)
-            if self.whiten == "zca":
-                whitening = (eigenvectors * scale) @ eigenvectors.T
-                full_projection = eigenvectors
-            else:
-                whitening = eigenvectors * scale
-                full_projection = np.eye(dim)
-        self.mean_ = mean.astype(np.float32)
-        self.whitening_ = whitening.astype(np.float32)
-        self.explained_variance_ = eigenvalues
-        # maps a whitened row to its leading PCA components, for 'full'
-        self._full_projection = np.ascontiguousarray(
-            full_projection[:, : self.n_full_components], dtype=np.float32
-        )
-
-    def _check_full_rank(self, eigenvalues):
-        """Raise when whitening with ``whiten_reg=0`` would divide by a zero eigenvalue."""
-        # float32 patches leave about eps32 of each value as residue: eps64**0.5 sits between
-        tolerance = np.sqrt(np.finfo(np.float64).eps) * eigenvalues[0]
-        n_zero = int(np.sum(eigenvalues <= tolerance))
-        if n_zero:
-            reason = (
-                "patch_normalize=True removes each patch's mean"
-                if self.patch_normalize
-                else "constant or linearly dependent pixels"
-            )
-            raise ValueError(
-                f"whiten_reg=0 cannot whiten these patches: {n_zero} of the "
-                f"{eigenvalues.size} eigenvalues of the patch covariance are zero "
-                f"(to float precision; {reason}), and whiten={self.whiten!r} "
-                "divides by sqrt(eigenvalue + whiten_reg). Pass whiten_reg > 0 "
-                "(default 1e-3) or whiten=None."
-            )
 
     # ------------------------------------------------------------ transform
     def transform(self, X):
@@ -533,278 +510,43 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             ``n_features_out_`` features per image.
         """
         check_is_fitted(self)
-        images = validate_images(self, X, reset=False, dtype="float")
-        return self._transform(images)
-
-    def _chunk_size(self, n_images):
-        if self.batch_size != "auto":
-            return int(self.batch_size)
-        n_positions = self.patch_grid_shape_[0] * self.patch_grid_shape_[1]
-        if self._knn_backend(self._torch_device()) == "faiss" and self.encoding == "hard":
-            # no dense (patches x atoms) buffer: faiss works best on large query blocks
-            row_bytes = n_positions * (self.atoms_.shape[1] + 3 * self.n_neighbors_) * 4
-            return get_chunk_n_rows(
-                row_bytes=row_bytes, max_n_rows=n_images, working_memory=64
-            )
-        if self.n_neighbors_ == 1 and self.encoding == "hard":
-            # no dense buffer either (see _nearest_atoms): the patches, their
-            # codes' slots and indices; large chunks keep the Python overhead low
-            row_bytes = n_positions * (self.atoms_.shape[1] * 4 + 4 * 8)
-            return get_chunk_n_rows(
-                row_bytes=row_bytes, max_n_rows=n_images, working_memory=32
-            )
-        per_atom = self.n_full_components if self.encoding == "full" else 1
-        # keep each (patches x atoms) float32 buffer near 8 MB: below glibc's
-        # mmap threshold, so buffers are reused instead of page-faulted anew
-        row_bytes = n_positions * self.atoms_.shape[0] * 4 * per_atom
-        return get_chunk_n_rows(
-            row_bytes=row_bytes, max_n_rows=n_images, working_memory=8
-        )
+        return self._transform(self._validate_images(X, reset=False))
 
     def _transform(self, images):
-        import torch
-
-        from . import _encodings
-
-        device = self._torch_device()
-        n_images = images.shape[0]
-        out = np.empty((n_images, self.n_features_out_), dtype=np.float32)
-        region, counts = _encodings.pool_regions(self.patch_grid_shape_, self.pooling)
-        state = {
-            "region": torch.as_tensor(region, device=device),
-            "counts": torch.as_tensor(counts, dtype=torch.float32, device=device),
-            "atoms": torch.as_tensor(self.atoms_, device=device),
-            "mean": torch.as_tensor(self.mean_, device=device),
-            "whitening": torch.as_tensor(self.whitening_, device=device),
-            "projection": torch.as_tensor(self._full_projection, device=device),
-        }
-        state["atom_sq_norms"] = (state["atoms"] ** 2).sum(dim=1)
-        state["score_weight"] = 2.0 * state["whitening"] @ state["atoms"].T
-        state["score_bias"] = (
-            -(state["mean"] @ state["score_weight"]) - state["atom_sq_norms"]
+        log = self._log if self.verbose else None
+        return self._get_encoder().transform(
+            images, batch_size=self.batch_size, n_jobs=self.n_jobs, log=log
         )
-        state["pool"] = _encodings.pool_matrix(state["region"], state["counts"])
-        if self.flip_invariant:
-            # each position summed again into the region of its mirror position
-            gh, gw = self.patch_grid_shape_
-            mirrored = region.reshape(gh, gw)[:, ::-1].ravel()
-            state["region_mirror"] = torch.as_tensor(mirrored, device=device)
-            state["pool_mirror"] = _encodings.pool_matrix(
-                state["region_mirror"], state["counts"]
+
+    def _get_encoder(self):
+        """The cached engine: built by ``fit``, or after unpickling on the device present."""
+        if getattr(self, "_encoder", None) is None:
+            from ._encoder import PatchEncoder
+
+            device = runtime_device(self.device_, type(self).__name__)
+            mirror_projection = None
+            if self.flip_invariant:
+                projection = self._whitened_mirror() @ self._full_projection.astype(np.float64)
+                mirror_projection = projection.astype(np.float32)
+            index = getattr(self, "index_", None)
+            if index is not None and device != self.device_:  # pragma: no cover - GPU only
+                index = None
+            settings = dict(
+                patch_size=self._patch_size, stride=self._stride,
+                grid_shape=self.patch_grid_shape_, pooling=self.pooling,
+                encoding=self.encoding, n_neighbors=self.n_neighbors_,
+                both_signs=self.both_signs, flip_invariant=self.flip_invariant,
+                patch_normalize=self.patch_normalize, power=self.power,
+                knn_backend=self.knn_backend,
             )
-            projection = self._whitened_mirror() @ self._full_projection.astype(np.float64)
-            state["projection_mirror"] = torch.as_tensor(
-                projection.astype(np.float32), device=device
+            self._encoder = PatchEncoder(
+                mean=self.mean_, whitening=self.whitening_, atoms=self.atoms_,
+                full_projection=self._full_projection, mirror_projection=mirror_projection,
+                settings=settings, device=device, index=index,
             )
-        for sign in (1.0, -1.0):  # filled here: the chunk workers only read state
-            self._nearest_weights(state, sign)
-        start = time.perf_counter()
-
-        def encode(batch):
-            with torch.inference_mode():
-                codes = self._encode_chunk(images[batch], state, device)
-                out[batch] = codes.reshape(codes.shape[0], -1).cpu().numpy()
-            return batch
-
-        batches = list(gen_batches(n_images, self._chunk_size(n_images)))
-        n_workers = min(torch.get_num_threads(), len(batches))
-        if device != "cpu" or self._knn_backend(device) == "faiss":
-            n_workers = 1
-        with ExitStack() as stack:
-            done = map(encode, batches)
-            if n_workers > 1:
-                # CPU: one chunk per thread, each with single-threaded torch. The
-                # selection (numpy) is single-threaded, and torch's idle OpenMP
-                # threads spin against any other thread, so splitting the work
-                # inside a chunk loses.
-                stack.enter_context(_single_threaded_torch())
-                pool = stack.enter_context(
-                    ThreadPoolExecutor(n_workers, thread_name_prefix="skpatch")
-                )
-                done = pool.map(encode, batches)
-            for batch in done:
-                if self.verbose:
-                    self._log(f"encoded {batch.stop}/{n_images} images", start)
-        return out
-
-    def _encode_chunk(self, images, state, device):
-        """Pooled codes ``(b, n_signs, R, Q[, r])`` of one chunk of images."""
-        import torch
-
-        from . import _encodings
-        from .utils import _faiss
-
-        view = _extract_view(images, self._patch_size, self._stride, ((0, 0), (0, 0)))
-        patches = np.ascontiguousarray(view, dtype=np.float32).reshape(
-            -1, view.shape[3] * view.shape[4] * view.shape[5]
-        )
-        patches = torch.from_numpy(self._normalize(patches)).to(device)
-        n_images, n_atoms, k = images.shape[0], self.atoms_.shape[0], self.n_neighbors_
-        signs = (1.0, -1.0) if self.both_signs else (1.0,)
-        backend = self._knn_backend(device)
-        pool = state["pool"]
-        if backend == "faiss" or self.encoding != "hard":
-            whitened = (patches - state["mean"]) @ state["whitening"]
-
-        if backend == "gemm" and k == 1 and self.encoding == "hard":
-            # nearest atom only: GEMM and argmax block by block, in cache
-            codes = [
-                self._pool_sparse(self._nearest_atoms(patches, state, sign), n_images, state)
-                for sign in signs
-            ]
-            return self._finish_codes(codes, state)
-        if backend == "gemm":
-            # 2 q.a - |a|^2 with q = (x - mean) W: one GEMM on the raw patches
-            positive = torch.addmm(state["score_bias"], patches, state["score_weight"])
-            if self.encoding == "triangle":
-                sq_norms = (whitened**2).sum(dim=1, keepdim=True)
-        codes = []
-        for sign in signs:
-            if backend == "gemm":
-                # 2 s q.a - |a|^2 ranks atoms by distance to s q; one GEMM serves both signs
-                if sign > 0:
-                    scores = positive if len(signs) == 1 else positive.clone()
-                else:
-                    scores = positive.neg_().sub_(state["atom_sq_norms"], alpha=2.0)
-                mask = _faiss.select_mask(scores, k)
-                if self.encoding == "triangle":
-                    scores.neg_().add_(sq_norms)  # in place: now |s q - a|^2
-                sq_dist = scores
-            else:
-                queries = (sign * whitened).cpu().numpy()
-                dist, idx = _faiss.index_search(self._get_index(), queries, k)
-                indices = torch.from_numpy(idx).to(device)
-                if self.encoding == "hard":
-                    codes.append(self._pool_sparse(indices, n_images, state))
-                    continue
-                mask = _faiss.indices_to_mask(indices, n_atoms)
-                sq_dist = torch.zeros_like(mask).scatter_(
-                    1, indices, torch.from_numpy(dist).to(device)
-                )
-            if self.encoding == "triangle":
-                mask = _encodings.triangle_values(sq_dist, mask, k)
-            if self.encoding == "full":
-                vectors = [(sign * whitened) @ state["projection"]]
-                if self.flip_invariant:
-                    vectors.append((sign * whitened) @ state["projection_mirror"])
-                codes.append(self._pool_dense(mask, n_images, state, vectors))
-            else:
-                codes.append(self._pool_dense(mask, n_images, state))
-        return self._finish_codes(codes, state)
-
-    def _finish_codes(self, codes, state):
-        """Stack the per-sign region sums, divide by the region sizes, apply ``power``."""
-        import torch
-
-        codes = torch.stack(codes, dim=1)
-        # mean pooling: region sums over region sizes, the same on every path
-        sizes = state["counts"].reshape((1, 1, -1) + (1,) * (codes.ndim - 3))
-        codes = codes / (2 * sizes if self.flip_invariant else sizes)
-        if self.power != 1:
-            codes = codes.abs().pow_(self.power).mul_(codes.sign())
-        return codes
-
-    @staticmethod
-    def _nearest_weights(state, sign):
-        """GEMM weight and bias giving the scores ``2 s q.a - |a|^2``, cached in ``state``."""
-        key = "nearest_weights" if sign > 0 else "nearest_weights_neg"
-        if key not in state:
-            weight, bias = state["score_weight"], state["score_bias"]
-            if sign < 0:  # -2 q.a - |a|^2 = -(2 q.a - |a|^2) - 2 |a|^2
-                weight, bias = -weight, -bias - 2.0 * state["atom_sq_norms"]
-            state[key] = (weight.contiguous(), bias.contiguous())
-        return state[key]
-
-    def _nearest_atoms(self, patches, state, sign):
-        """Index ``(m, 1)`` of the nearest atom to each whitened ``sign * patch``.
-
-        On CPU the scores ``2 s q.a - |a|^2`` of a block of rows are written
-        into one reused buffer of about 1 MB and reduced by ``argmax`` while
-        still in cache; the blocks are a fixed size, so the result does not
-        depend on the chunk size. On a GPU the chunk is one block.
-        """
-        import torch
-
-        weight, bias = self._nearest_weights(state, sign)
-        n_rows, n_atoms = patches.shape[0], weight.shape[1]
-        on_cpu = patches.device.type == "cpu"
-        # on a GPU, one block: small GEMMs would only add kernel launches
-        block = max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms)) if on_cpu else max(n_rows, 1)
-        buffer = torch.empty((min(block, n_rows), n_atoms), device=patches.device)
-        indices = torch.empty((n_rows,), dtype=torch.int64, device=patches.device)
-        if on_cpu:  # numpy's SIMD argmax: ~9x torch.argmax over rows of 1024 on CPU
-            scores_np, indices_np = buffer.numpy(), indices.numpy()
-        for start in range(0, n_rows, block):
-            stop = min(start + block, n_rows)
-            scores = buffer[: stop - start]
-            torch.addmm(bias, patches[start:stop], weight, out=scores)
-            if on_cpu:
-                np.argmax(scores_np[: stop - start], axis=1, out=indices_np[start:stop])
-            else:
-                torch.argmax(scores, dim=1, out=indices[start:stop])
-        return indices[:, None]
-
-    def _pool_dense(self, values, n_images, state, vectors=None):
-        """Region sums ``(b, R, Q'[, r])`` of dense per-patch codes ``(b * P, Q)``.
-
-        ``vectors`` is None for 'hard' and 'triangle' and, for 'full', the
-        pair (reduced patches, reduced mirrored patches) ``(b * P, r)``. With
-        ``flip_invariant`` the first half of the atoms is summed over the
-        regions and the second half (their mirrors) over the mirrored regions:
-        the code of the image plus the code of its mirror image.
-        """
-        from . import _encodings
-
-        def pool(values, regions, which):
-            if vectors is None:
-                return _encodings.encode_hard(values, n_images, regions)
-            return _encodings.encode_full(vectors[which], values, n_images, regions)
-
-        if not self.flip_invariant:
-            return pool(values, state["pool"], 0)
-        half = values.shape[1] // 2
-        return pool(values[:, :half], state["pool"], 0) + pool(
-            values[:, half:], state["pool_mirror"], 1
-        )
-
-    def _pool_sparse(self, indices, n_images, state):
-        """:meth:`_pool_dense` of 'hard' codes given as neighbour indices ``(b * P, k)``."""
-        from . import _encodings
-
-        n_regions, n_atoms = state["counts"].shape[0], self.atoms_.shape[0]
-        counts = _encodings.encode_hard_sparse(
-            indices, n_images, state["region"], n_regions, n_atoms
-        )
-        if not self.flip_invariant:
-            return counts
-        half = n_atoms // 2
-        mirrored = _encodings.encode_hard_sparse(
-            indices, n_images, state["region_mirror"], n_regions, n_atoms
-        )
-        return counts[..., :half] + mirrored[..., half:]
-
-    def _knn_backend(self, device):
-        if self.knn_backend != "auto":
-            return self.knn_backend
-        if device == "cpu" and 1 < self.n_neighbors_ <= _FAISS_MAX_K:
-            return "faiss"
-        return "gemm"
-
-    def _torch_device(self):
-        """Resolved torch device; a CUDA setting falls back to CPU with a warning."""
-        import torch
-
-        check_device_param(self.device)
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            warnings.warn(
-                f"device={self.device!r} but no CUDA GPU is available; running on "
-                "the CPU.",
-                RuntimeWarning,
-            )
-            return "cpu"
-        return self.device
+            if self._encoder.index is not None:
+                self.index_ = self._encoder.index
+        return self._encoder
 
     def _log(self, message, start):
         if self.verbose:
@@ -842,17 +584,11 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
 
     def __getstate__(self):
         state = super().__getstate__()
-        # the flat index holds nothing but atoms_: rebuilt from them on first use
+        # the engine and the flat index hold nothing but the fitted arrays (and
+        # may live on a GPU): rebuilt from them on first use after unpickling
         state.pop("index_", None)
+        state.pop("_encoder", None)
         return state
-
-    def _get_index(self):
-        if getattr(self, "index_", None) is None:
-            from .utils import _faiss
-
-            use_gpu = self._torch_device().startswith("cuda")
-            self.index_ = _faiss.build_index(self.atoms_, use_gpu=use_gpu)
-        return self.index_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

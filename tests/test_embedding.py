@@ -6,6 +6,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 
 from skpatch import PatchDictionaryEmbedding
+import skpatch._encoder as encoder_module
 import skpatch.embedding as embedding_module
 from skpatch.utils import _faiss
 
@@ -112,7 +113,7 @@ def test_whitening_regularization_matches_formula():
 @pytest.mark.parametrize("dictionary", ["kmeans", "data", "gaussian"])
 def test_hard_codes_are_the_brute_force_neighbours(backend, dictionary, n_neighbors, monkeypatch):
     # k = 1 on the GEMM path scores 7-row blocks: 96 patches end in a partial block
-    monkeypatch.setattr(embedding_module, "_NEAREST_BLOCK_BYTES", 7 * 20 * 4)
+    monkeypatch.setattr(encoder_module, "_NEAREST_BLOCK_BYTES", 7 * 20 * 4)
     X = _images(n=6, size=6)
     emb = PatchDictionaryEmbedding(
         patch_size=3, n_atoms=20, n_neighbors=n_neighbors, dictionary=dictionary, pooling=4,
@@ -241,10 +242,10 @@ def test_chunks_in_threads_equal_one_thread(n_neighbors):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        sequential = emb.transform(X)
-        torch.set_num_threads(3)  # five chunks over three worker threads
-        threaded = emb.transform(X)
-        assert torch.get_num_threads() == 3  # the caller's setting is restored
+        sequential = emb.set_params(n_jobs=1).transform(X)
+        torch.set_num_threads(3)
+        threaded = emb.set_params(n_jobs=3).transform(X)  # five chunks over three threads
+        assert torch.get_num_threads() == 3  # the caller's setting is left alone
     finally:
         torch.set_num_threads(threads)
     assert_array_equal(threaded, sequential)
@@ -263,8 +264,9 @@ def test_overlapping_transforms_restore_the_callers_threads():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        expected = emb.transform(X)
+        expected = emb.set_params(n_jobs=1).transform(X)
         torch.set_num_threads(3)
+        emb.set_params(n_jobs=3)
         results = [None] * 4
 
         def run(i):
@@ -562,18 +564,205 @@ def test_unfitted_transform_raises():
         PatchDictionaryEmbedding().transform(_images(n=2))
 
 
-def test_gpu_setting_loads_and_runs_on_cpu():
+@pytest.mark.parametrize("knn_backend", ["faiss", "gemm"])
+def test_gpu_setting_loads_and_runs_on_cpu(knn_backend):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this checks the CPU-only fallback")
     X = _images(n=4)
-    emb = PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2, random_state=0)
+    emb = PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2,
+                                   knn_backend=knn_backend, random_state=0)
     expected = emb.fit_transform(X)
-    emb.device = "cuda"  # as if fitted on a GPU machine
+    assert emb.device_ == "cpu"
+    emb.device = emb.device_ = "cuda"  # as if fitted on a GPU machine
     loaded = pickle.loads(pickle.dumps(emb))
-    with pytest.warns(RuntimeWarning, match="no CUDA GPU"):
+    assert not hasattr(loaded, "index_") and getattr(loaded, "_encoder", None) is None
+    with pytest.warns(UserWarning, match="fitted on device 'cuda'.*running on the CPU"):
         assert_array_equal(loaded.transform(X), expected)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_absent_device_is_an_error_at_fit(device):
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("needs a machine without that GPU")
+    emb = PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2, device=device)
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(ValueError, match=f"device='{device}'"):
+        emb.fit(_images(n=3))
+    assert not hasattr(emb, "device_")
+
+
+def test_kmeans_seed_is_derived_from_random_state(monkeypatch):
+    import torch
+
+    seeds = []
+    kmeans = _faiss.faiss_kmeans
+
+    def recording(*args, seed, **kwargs):
+        seeds.append(seed)
+        return kmeans(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(_faiss, "faiss_kmeans", recording)
+    numpy_state, torch_state = np.random.get_state()[1].copy(), torch.random.get_rng_state()
+    X = _images(n=5)
+    PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2, random_state=7).fit(X)
+    # the second draw of the estimator's RandomState (the first seeds the patch sampling)
+    draws = np.random.RandomState(7).randint(np.iinfo(np.int32).max, size=2)
+    assert seeds == [draws[1]]
+    rng = np.random.RandomState(11)
+    PatchDictionaryEmbedding(patch_size=3, n_atoms=6, n_neighbors=2, random_state=rng).fit(X)
+    assert seeds[1] == np.random.RandomState(11).randint(np.iinfo(np.int32).max, size=2)[1]
+    # global generators untouched
+    assert_array_equal(np.random.get_state()[1], numpy_state)
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float64])
+def test_fit_transform_validates_once_and_equals_fit_then_transform(dtype, monkeypatch):
+    X = _images(n=6)
+    X = (X * 255).astype(np.uint8) if dtype == np.uint8 else X
+    params = dict(patch_size=3, n_atoms=10, n_neighbors=3, random_state=0)
+    expected = PatchDictionaryEmbedding(**params).fit(X).transform(X)
+    calls = []
+    validate = embedding_module.validate_images
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("reset"))
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(embedding_module, "validate_images", counting)
+    got = PatchDictionaryEmbedding(**params).fit_transform(X)
+    assert calls == [True]
+    assert got.dtype == np.float32
+    assert_array_equal(got, expected)
+
+
+def test_uint8_transform_memory_does_not_grow_with_n():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, size=(128, 24, 24, 3), dtype=np.uint8)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=16, n_neighbors=4, knn_backend="gemm", batch_size=4,
+        n_jobs=1, random_state=0,
+    ).fit(X[:16])
+
+    def peak(images):
+        emb.transform(images[:4])  # engine built, buffers warmed up
+        tracemalloc.start()
+        try:
+            emb.transform(images)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(X[:32]), peak(X)
+    output_growth = (128 - 32) * emb.n_features_out_ * 4
+    # converting all of X to float32 first would add 96 * 24 * 24 * 3 * 4 = 663 KB
+    assert large - small <= output_growth + 64 * 1024, (small, large, output_growth)
+    # and the chunked conversion is the one of the validation: the same numbers
+    assert_array_equal(emb.transform(X[:8]), emb.transform(X[:8].astype(np.float32) / 255))
+
+
+@pytest.mark.parametrize("knn_backend, n_neighbors", [("gemm", 5), ("gemm", 1), ("faiss", 3)])
+def test_n_jobs_does_not_change_the_output(knn_backend, n_neighbors):
+    X = _images(n=9, size=7)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=16, n_neighbors=n_neighbors, both_signs=True,
+        knn_backend=knn_backend, batch_size=2, n_jobs=1, random_state=0,
+    ).fit(X)
+    expected = emb.transform(X)
+    for n_jobs in (2, -1, None):
+        assert_array_equal(emb.set_params(n_jobs=n_jobs).transform(X), expected)
+
+
+def test_n_jobs_follows_joblib_parallel_config(monkeypatch):
+    from joblib import parallel_config
+
+    X = _images(n=9, size=7)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=16, n_neighbors=5, knn_backend="gemm", batch_size=1,
+        random_state=0,
+    ).fit(X)
+    workers = []
+    pool_type = encoder_module.ThreadPoolExecutor
+
+    def recording(n_workers, **kwargs):
+        workers.append(n_workers)
+        return pool_type(n_workers, **kwargs)
+
+    monkeypatch.setattr(encoder_module, "ThreadPoolExecutor", recording)
+    with parallel_config(n_jobs=3):
+        emb.transform(X)
+    emb.set_params(n_jobs=2).transform(X)
+    emb.set_params(n_jobs=50).transform(X)  # capped at the 9 chunks
+    assert workers == [3, 2, 9]
+
+
+def test_transform_threads_leave_other_threads_alone(monkeypatch):
+    import threading
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    X = _images(n=8, size=7)
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=16, n_neighbors=5, knn_backend="gemm", batch_size=2,
+        n_jobs=2, random_state=0,
+    ).fit(X)
+    seen = {"worker": set(), "fresh": set(), "running": set()}
+    ask, answer = threading.Event(), threading.Event()
+    stop = threading.Event()
+
+    def running_thread():  # a torch user working since before the transform
+        torch.get_num_threads()
+        while not stop.is_set():
+            if ask.wait(0.01):
+                ask.clear()
+                seen["running"].add(torch.get_num_threads())
+                answer.set()
+
+    encode = encoder_module.PatchEncoder.encode
+
+    def observing(self, images):
+        seen["worker"].add(torch.get_num_threads())
+        ask.set()
+        answer.wait(5)
+        fresh = threading.Thread(target=lambda: seen["fresh"].add(torch.get_num_threads()))
+        fresh.start()
+        fresh.join()
+        return encode(self, images)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's setting: two intra-op threads
+    try:
+        expected = emb.transform(X)
+        info = [(lib["filepath"], lib["num_threads"]) for lib in threadpool_info()]
+        monkeypatch.setattr(encoder_module.PatchEncoder, "encode", observing)
+        runner = threading.Thread(target=running_thread)
+        runner.start()
+        got = emb.transform(X)  # each chunk asks the running thread (see observing)
+        assert answer.is_set()
+        stop.set()
+        runner.join()
+        assert seen["worker"] == {1}  # the chunk workers run single-threaded torch
+        assert seen["fresh"] == {2}  # a thread started during the transform: the caller's count
+        assert seen["running"] == {2}
+        assert torch.get_num_threads() == 2
+        after = []
+        fresh = threading.Thread(target=lambda: after.append(torch.get_num_threads()))
+        fresh.start()
+        fresh.join()
+        assert after == [2]
+        assert [(lib["filepath"], lib["num_threads"]) for lib in threadpool_info()] == info
+    finally:
+        stop.set()
+        torch.set_num_threads(threads)
+    assert_array_equal(got, expected)
 
 
 def test_import_does_not_load_torch_or_faiss():

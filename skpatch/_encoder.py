@@ -1,0 +1,328 @@
+"""The engine of a fitted PatchDictionaryEmbedding: search, encode and pool on a device.
+
+:class:`PatchEncoder` is built from the estimator's fitted numpy arrays on the
+device present. It picks, once, how the nearest atoms are found:
+
+- :class:`NearestAtomSearch`: ``k = 1`` with 'hard' codes on the GEMM path;
+  GEMM and argmax block by block, in cache, giving indices;
+- :class:`GemmSearch`: one GEMM of scores ``2 q.a - |a|^2`` and a per-row
+  selection, giving a 0/1 mask (and squared distances for 'triangle');
+- :class:`FaissSearch`: an exact faiss ``IndexFlatL2``, giving indices (and
+  a mask and distances for 'triangle' and 'full').
+
+The estimator caches the engine, drops it when pickled and rebuilds it on
+first use after unpickling. torch is imported by the caller.
+"""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from sklearn.utils import gen_batches
+from sklearn.utils._chunking import get_chunk_n_rows
+
+from . import _encodings
+from ._pooling import RegionPooling
+from ._thread_limits import limit_this_thread
+from ._whitening import normalize_patches, whiten_patches
+from .extraction import _extract_view
+from .utils import _faiss
+from .utils._parallel import effective_n_threads
+from .utils._validation import _to_float
+
+__all__ = ["PatchEncoder", "NearestAtomSearch", "GemmSearch", "FaissSearch"]
+
+# for 2 <= k <= this, faiss's search beats GEMM + selection on CPU (measured:
+# k = 1 is a GEMM + argmax, and from k = 8 the GEMM + partition path wins)
+_FAISS_MAX_K = 4
+# score buffer of the nearest-atom (k = 1) path: 1 MB (256 rows of 1024 atoms)
+# measured best among 128 KB - 4 MB on a 2-core EPYC (512 KB L2 per core)
+_NEAREST_BLOCK_BYTES = 1 << 20
+
+
+class Neighbours(NamedTuple):
+    """The k nearest atoms of a chunk's patches, for one sign.
+
+    ``indices`` ``(m, k)`` where the search gives them and the codes need no
+    more; otherwise ``mask`` ``(m, Q)`` (1 on the k nearest) and, for
+    'triangle', ``sq_distances`` ``(m, Q)`` (read on the mask only).
+    """
+
+    indices: object = None
+    mask: object = None
+    sq_distances: object = None
+
+
+class NearestAtomSearch:
+    """Index ``(m, 1)`` of the nearest atom to each whitened ``sign * patch``.
+
+    On CPU the scores ``2 s q.a - |a|^2`` of a block of rows are written into
+    one reused buffer of about 1 MB and reduced by ``argmax`` while still in
+    cache; the blocks are a fixed size, so the result does not depend on the
+    chunk size. On a GPU the chunk is one block.
+    """
+
+    needs_whitened = False
+
+    def __init__(self, score_weight, score_bias, atom_sq_norms):
+        # -2 q.a - |a|^2 = -(2 q.a - |a|^2) - 2 |a|^2
+        self.weights = {
+            1.0: (score_weight.contiguous(), score_bias.contiguous()),
+            -1.0: ((-score_weight).contiguous(), (-score_bias - 2.0 * atom_sq_norms).contiguous()),
+        }
+
+    def neighbours(self, patches, whitened, signs):
+        for sign in signs:
+            yield Neighbours(indices=self._nearest(patches, *self.weights[sign]))
+
+    @staticmethod
+    def _nearest(patches, weight, bias):
+        n_rows, n_atoms = patches.shape[0], weight.shape[1]
+        on_cpu = patches.device.type == "cpu"
+        # on a GPU, one block: small GEMMs would only add kernel launches
+        block = max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms)) if on_cpu else max(n_rows, 1)
+        buffer = torch.empty((min(block, n_rows), n_atoms), device=patches.device)
+        indices = torch.empty((n_rows,), dtype=torch.int64, device=patches.device)
+        if on_cpu:  # numpy's SIMD argmax: ~9x torch.argmax over rows of 1024 on CPU
+            scores_np, indices_np = buffer.numpy(), indices.numpy()
+        for start in range(0, n_rows, block):
+            stop = min(start + block, n_rows)
+            scores = buffer[: stop - start]
+            torch.addmm(bias, patches[start:stop], weight, out=scores)
+            if on_cpu:
+                np.argmax(scores_np[: stop - start], axis=1, out=indices_np[start:stop])
+            else:
+                torch.argmax(scores, dim=1, out=indices[start:stop])
+        return indices[:, None]
+
+
+class GemmSearch:
+    """0/1 mask of the k largest scores ``2 s q.a - |a|^2`` of one GEMM per chunk.
+
+    ``q = (x - mean) W`` is folded into the GEMM on the raw patches; the
+    scores of ``-q`` are derived from those of ``q`` in place, so both signs
+    cost one GEMM. With ``distances`` the scores are turned, in place, into
+    the squared distances ``|s q - a|^2`` (needs the whitened rows).
+    """
+
+    def __init__(self, score_weight, score_bias, atom_sq_norms, k, *, distances):
+        self.score_weight, self.score_bias = score_weight, score_bias
+        self.atom_sq_norms, self.k, self.distances = atom_sq_norms, k, distances
+        self.needs_whitened = distances
+
+    def neighbours(self, patches, whitened, signs):
+        positive = torch.addmm(self.score_bias, patches, self.score_weight)
+        if self.distances:
+            sq_norms = (whitened**2).sum(dim=1, keepdim=True)
+        for sign in signs:
+            if sign > 0:
+                scores = positive if len(signs) == 1 else positive.clone()
+            else:
+                scores = positive.neg_().sub_(self.atom_sq_norms, alpha=2.0)
+            mask = _faiss.select_mask(scores, self.k)
+            if not self.distances:
+                yield Neighbours(mask=mask)
+                continue
+            scores.neg_().add_(sq_norms)  # in place: now |s q - a|^2
+            yield Neighbours(mask=mask, sq_distances=scores)
+
+
+class FaissSearch:
+    """faiss's exact search of the whitened ``sign * patch`` rows."""
+
+    needs_whitened = True
+
+    def __init__(self, index, n_atoms, k, *, dense):
+        self.index, self.n_atoms, self.k, self.dense = index, n_atoms, k, dense
+
+    def neighbours(self, patches, whitened, signs):
+        for sign in signs:
+            queries = (sign * whitened).cpu().numpy()
+            sq_dist, idx = _faiss.index_search(self.index, queries, self.k)
+            indices = torch.from_numpy(idx).to(whitened.device)
+            if not self.dense:
+                yield Neighbours(indices=indices)
+                continue
+            mask = _faiss.indices_to_mask(indices, self.n_atoms)
+            sq_distances = torch.zeros_like(mask).scatter_(
+                1, indices, torch.from_numpy(sq_dist).to(whitened.device)
+            )
+            yield Neighbours(mask=mask, sq_distances=sq_distances)
+
+
+def search_backend(knn_backend, device, n_neighbors):
+    """'faiss' or 'gemm': the setting, or for 'auto' faiss for ``2 <= k <= 4`` on CPU."""
+    if knn_backend != "auto":
+        return knn_backend
+    if device == "cpu" and 1 < n_neighbors <= _FAISS_MAX_K:
+        return "faiss"
+    return "gemm"
+
+
+class PatchEncoder:
+    """Pooled codes of images under a fitted dictionary, on one torch device.
+
+    Parameters
+    ----------
+    mean, whitening, atoms, full_projection : ndarray
+        The estimator's ``mean_``, ``whitening_``, ``atoms_`` and the
+        projection of whitened rows onto their leading PCA components.
+    mirror_projection : ndarray or None
+        With ``flip_invariant`` and 'full': the projection of the mirrored
+        whitened rows.
+    settings : dict
+        ``patch_size``, ``stride``, ``grid_shape``, ``pooling``, ``encoding``,
+        ``n_neighbors``, ``both_signs``, ``flip_invariant``,
+        ``patch_normalize``, ``power``, ``knn_backend``.
+    device : str
+        The torch device to run on (present on this machine).
+    index : faiss.Index or None
+        Reused by the faiss search when given, else built from ``atoms``.
+    """
+
+    def __init__(self, *, mean, whitening, atoms, full_projection, mirror_projection,
+                 settings, device, index=None):
+        self.device = device
+        self.patch_size, self.stride = settings["patch_size"], settings["stride"]
+        self.encoding, self.k = settings["encoding"], settings["n_neighbors"]
+        self.signs = (1.0, -1.0) if settings["both_signs"] else (1.0,)
+        self.patch_normalize = settings["patch_normalize"]
+        self.n_atoms, self.n_positions = atoms.shape[0], int(np.prod(settings["grid_shape"]))
+        self.pooling = RegionPooling(
+            settings["grid_shape"], settings["pooling"],
+            flip_invariant=settings["flip_invariant"], power=settings["power"], device=device,
+        )
+        self.mean = torch.as_tensor(mean, device=device)
+        self.whitening = torch.as_tensor(whitening, device=device)
+        self.projections = [torch.as_tensor(full_projection, device=device)]
+        if mirror_projection is not None:
+            self.projections.append(torch.as_tensor(mirror_projection, device=device))
+        self.patch_dim = atoms.shape[1]
+        self.backend = search_backend(settings["knn_backend"], device, self.k)
+        self.search = self._make_search(atoms, index)
+
+    def _make_search(self, atoms, index):
+        hard = self.encoding == "hard"
+        if self.backend == "faiss":
+            if index is None:
+                index = _faiss.build_index(atoms, use_gpu=self.device.startswith("cuda"))
+            return FaissSearch(index, self.n_atoms, self.k, dense=not hard)
+        atoms = torch.as_tensor(atoms, device=self.device)
+        atom_sq_norms = (atoms**2).sum(dim=1)
+        # 2 q.a - |a|^2 with q = (x - mean) W: one GEMM on the raw patches
+        score_weight = 2.0 * self.whitening @ atoms.T
+        score_bias = -(self.mean @ score_weight) - atom_sq_norms
+        if self.k == 1 and hard:
+            return NearestAtomSearch(score_weight, score_bias, atom_sq_norms)
+        return GemmSearch(score_weight, score_bias, atom_sq_norms, self.k,
+                          distances=self.encoding == "triangle")
+
+    @property
+    def index(self):
+        """The faiss index of the faiss search, else None."""
+        return getattr(self.search, "index", None)
+
+    # ------------------------------------------------------------ one chunk
+    def encode(self, images):
+        """Pooled codes ``(b, n_signs, R, Q[, r])`` of a chunk of float images ``(b, H, W, C)``."""
+        view = _extract_view(images, self.patch_size, self.stride, ((0, 0), (0, 0)))
+        patches = np.ascontiguousarray(view, dtype=np.float32).reshape(-1, self.patch_dim)
+        patches = torch.from_numpy(normalize_patches(patches, self.patch_normalize))
+        patches = patches.to(self.device)
+        n_images = images.shape[0]
+        whitened = None
+        if self.search.needs_whitened or self.encoding != "hard":
+            whitened = whiten_patches(patches, self.mean, self.whitening)
+        codes = [
+            self._pool(found, sign, whitened, n_images)
+            for sign, found in zip(self.signs, self.search.neighbours(patches, whitened, self.signs))
+        ]
+        return self.pooling.finish(codes)
+
+    def _pool(self, found, sign, whitened, n_images):
+        """Region sums of one sign's codes, from the neighbours the search found."""
+        if found.indices is not None:  # 'hard' only: counts, no dense mask
+            return self.pooling.sparse(found.indices, n_images, self.n_atoms)
+        if self.encoding == "triangle":
+            values = _encodings.triangle_values(found.sq_distances, found.mask, self.k)
+            return self.pooling.dense(values, n_images)
+        if self.encoding == "full":
+            vectors = [(sign * whitened) @ projection for projection in self.projections]
+            return self.pooling.dense(found.mask, n_images, vectors)
+        return self.pooling.dense(found.mask, n_images)
+
+    # ----------------------------------------------------------- all images
+    def chunk_size(self, n_images, batch_size):
+        """Images per chunk: ``batch_size``, or for 'auto' a bound on each chunk's buffers."""
+        if batch_size != "auto":
+            return int(batch_size)
+        if isinstance(self.search, FaissSearch) and self.encoding == "hard":
+            # no dense (patches x atoms) buffer: faiss works best on large query blocks
+            row_bytes = self.n_positions * (self.patch_dim + 3 * self.k) * 4
+            working_memory = 64
+        elif self.k == 1 and self.encoding == "hard":
+            # no dense buffer either (NearestAtomSearch): the patches, their
+            # codes' slots and indices; large chunks keep the Python overhead low
+            row_bytes = self.n_positions * (self.patch_dim * 4 + 4 * 8)
+            working_memory = 32
+        else:
+            per_atom = self.projections[0].shape[1] if self.encoding == "full" else 1
+            # keep each (patches x atoms) float32 buffer near 8 MB: below glibc's
+            # mmap threshold, so buffers are reused instead of page-faulted anew
+            row_bytes = self.n_positions * self.n_atoms * 4 * per_atom
+            working_memory = 8
+        return get_chunk_n_rows(
+            row_bytes=row_bytes, max_n_rows=n_images, working_memory=working_memory
+        )
+
+    def transform(self, images, *, batch_size="auto", n_jobs=None, log=None):
+        """Features ``(n, n_features)`` float32 of images of any dtype, chunk by chunk.
+
+        Each chunk is scaled to float (uint8 to [0, 1]) on its own, so the
+        working memory does not grow with ``n``. On CPU the GEMM paths encode
+        ``n_jobs`` chunks at a time, one per worker thread, each running torch
+        single-threaded; the faiss path runs one worker on ``n_jobs`` threads
+        (faiss splits the queries). The limits are set in the workers only.
+        """
+        n_images = images.shape[0]
+        batches = list(gen_batches(n_images, self.chunk_size(n_images, batch_size)))
+        out = np.empty((n_images, self.n_features), dtype=np.float32)
+        start = time.perf_counter()
+
+        def encode(batch):
+            with torch.inference_mode():
+                codes = self.encode(_to_float(images[batch]))
+                out[batch] = codes.reshape(codes.shape[0], -1).cpu().numpy()
+            return batch
+
+        if self.device != "cpu":
+            for batch in map(encode, batches):
+                self._report(log, batch, n_images, start)
+            return out
+        if self.backend == "faiss":
+            n_workers, per_worker = 1, effective_n_threads(n_jobs)
+        else:
+            n_workers, per_worker = effective_n_threads(n_jobs, len(batches)), 1
+        # torch's idle OpenMP threads spin against any other thread, and the
+        # selection (numpy) is single-threaded: one chunk per single-threaded worker
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="skpatch",
+                                initializer=limit_this_thread,
+                                initargs=(per_worker,)) as pool:
+            for batch in pool.map(encode, batches):
+                self._report(log, batch, n_images, start)
+        return out
+
+    @property
+    def n_features(self):
+        """``n_signs * R * Q`` (``Q / 2`` with ``flip_invariant``), times ``r`` for 'full'."""
+        n_signs = len(self.signs)
+        n_kept = self.n_atoms // 2 if self.pooling.flip_invariant else self.n_atoms
+        per_atom = self.projections[0].shape[1] if self.encoding == "full" else 1
+        return n_signs * self.pooling.n_regions * n_kept * per_atom
+
+    @staticmethod
+    def _report(log, batch, n_images, start):
+        if log is not None:
+            log(f"encoded {batch.stop}/{n_images} images", start)
