@@ -106,7 +106,7 @@ def main():
             patch_size=6, n_atoms=1024, n_neighbors=k, pooling=2, n_patches_fit=65536,
             random_state=0,
         ).fit(images)
-        backend = emb._knn_backend("cpu")
+        backend = emb._get_encoder().backend
         emb.transform(images[:2])
         emb_s, _ = _timed(lambda: emb.transform(images), repeats)
         # the embedding's own codes, one region per position, against faiss's
