@@ -103,3 +103,49 @@ def assert_close_to_scale(actual, expected, rtol, *, what="values"):
     assert error <= rtol * max(scale, np.finfo(np.float32).tiny), (
         f"{what}: max abs error {error:.3g} exceeds {rtol:g} x scale {scale:.3g}"
     )
+
+
+def randomize_batchnorm(net, seed=0, shift=0.1):
+    """Give every BatchNorm2d non-trivial statistics, so eval mode is not near identity.
+
+    Running means and biases are ``shift`` times a standard normal, running
+    variances and weights 0.5 plus a uniform draw, all from a generator of ``seed``.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(shift * torch.randn(n, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                module.bias.copy_(shift * torch.randn(n, generator=gen))
+    return net
+
+
+def relu_calls(net, x):
+    """Forward-hook calls of each ``nn.ReLU`` name in one no-grad forward, and the modules.
+
+    ``named_modules(remove_duplicate=False)``: a module registered under two
+    names shows up under both, so sharing cannot hide.
+    """
+    import torch
+
+    relus = [(name, m) for name, m in net.named_modules(remove_duplicate=False)
+             if isinstance(m, torch.nn.ReLU)]
+    counts = dict.fromkeys((name for name, _ in relus), 0)
+    handles = []
+    for name, module in relus:
+        def hook(module, inputs, output, name=name):
+            counts[name] += 1
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts, [m for _, m in relus]

@@ -5,19 +5,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from _helpers import randomize_batchnorm, relu_calls  # noqa: E402
+
 from skpatch.extraction import extract_patches  # noqa: E402
 from skpatch.nn.bagnet import bagnet9, bagnet17, bagnet33  # noqa: E402
 
 CONSTRUCTORS = {9: bagnet9, 17: bagnet17, 33: bagnet33}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny networks on a shared CPU: thread synchronisation costs more than it gains."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
 KERNEL3 = {9: (1, 1, 0, 0), 17: (1, 1, 1, 0), 33: (1, 1, 1, 1)}
 
 
@@ -32,17 +27,9 @@ def assert_close_scaled(actual, expected, rtol):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
-def _randomize_batchnorm(model, seed=0):
-    """Give every BatchNorm non-trivial statistics so eval mode is not identity."""
-    gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-            module.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
-            module.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
-    return model
+def _randomize_batchnorm(net, seed=0):
+    """Non-trivial BatchNorm statistics so eval mode is not close to identity."""
+    return randomize_batchnorm(net, seed, shift=0.1)
 
 
 def _tiny(patch_size, layers=(2, 1, 2, 1), n_classes=5, width=4, seed=0):
@@ -498,23 +485,7 @@ def _shared_relu_reference(model, x):
     return model.fc(x.mean(dim=(2, 3)))
 
 
-def _relu_calls(model, x):
-    """Calls of each ReLU name in one forward (duplicates kept, to expose sharing)."""
-    relus = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
-             if isinstance(m, torch.nn.ReLU)]
-    counts = dict.fromkeys((name for name, _ in relus), 0)
-    handles = []
-    for name, module in relus:
-        def hook(module, inputs, output, name=name):
-            counts[name] += 1
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return counts, [m for _, m in relus]
+_relu_calls = relu_calls
 
 
 @pytest.mark.parametrize("patch_size", [9, 17, 33])

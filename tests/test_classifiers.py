@@ -13,8 +13,6 @@ from skorch.callbacks import Callback
 from skpatch import PatchCNNClassifier, extract_patches
 from skpatch._base_classifier import _NoSingletonBatchSampler, random_crop
 
-# the shared cores are oversubscribed; torch's spinning threads only slow down
-torch.set_num_threads(1)
 
 FAST = dict(module="resnet10", width=4, max_epochs=2, batch_size=16, lr=0.05,
             device="cpu", verbose=0, random_state=0)

@@ -3,12 +3,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+
 import torch.nn.functional as F
+from _helpers import randomize_batchnorm, relu_calls
 
 from skpatch.nn import BasicBlock, CIFARResNet, resnet, resnet10, resnet18, resnet34
 
-# the shared cores are oversubscribed; torch's spinning threads only slow down
-torch.set_num_threads(1)
 
 
 def assert_close_f32(actual, expected, rtol=1e-5):
@@ -96,15 +96,7 @@ def test_unknown_depth_is_an_error():
 
 def _randomized(net, seed=0):
     """Non-trivial BatchNorm statistics so eval mode is not close to identity."""
-    gen = torch.Generator().manual_seed(seed)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
-            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-            module.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
-            module.bias.data.copy_(0.2 * torch.randn(n, generator=gen))
-    return net
+    return randomize_batchnorm(net, seed, shift=0.2)
 
 
 def _functional_reference(net, x):
@@ -118,26 +110,7 @@ def _functional_reference(net, x):
     return net.fc(torch.flatten(net.pool(x), 1))
 
 
-def _count_relu_calls(net, x):
-    """Calls per ReLU module name in one forward, and the hooked modules."""
-    counts, handles = {}, []
-    # remove_duplicate=False: a module registered under two names would show up twice
-    relus = [(name, m) for name, m in net.named_modules(remove_duplicate=False)
-             if isinstance(m, torch.nn.ReLU)]
-    for name, module in relus:
-        counts[name] = 0
-
-        def hook(module, inputs, output, name=name):
-            counts[name] += 1
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return counts, [m for _, m in relus]
+_count_relu_calls = relu_calls
 
 
 @pytest.mark.parametrize("depth, n_activations",
