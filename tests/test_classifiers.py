@@ -606,7 +606,7 @@ def test_a_module_class_keeps_its_own_initialization_seeded_by_the_fit():
     net = build(7)
     assert torch.equal(torch.random.get_rng_state(), before)  # global generator restored
     # the constructor ran as written: its zeros and its 0.5 are kept
-    assert torch.count_nonzero(net.head.weight) == 0 and float(net.scale) == 0.5
+    assert torch.count_nonzero(net.head.weight) == 0 and net.scale.item() == 0.5
     # the random layers are drawn from the seed: the same seed, the same weights
     again, other = build(7), build(8)
     assert torch.equal(net.conv.weight, again.conv.weight)
