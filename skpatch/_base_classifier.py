@@ -74,7 +74,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
-from .extraction import _grid_shape, _resolve_padding
+from .extraction import _resolve_padding
+from .utils._grid import patch_grid_shape
 from .nn._patch_net import PatchNetModule, random_crop, sliding_window_logits
 from .utils._device import check_device_param, resolve_device, runtime_device
 from .utils._validation import check_size_pair, validate_images
@@ -520,7 +521,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
 
     def _patch_logits(self, images, stride, padding, class_index=None):
         pads = _resolve_padding(padding, self._patch_size)
-        gh, gw = _grid_shape(images.shape[1:3], self._patch_size, stride, pads)
+        gh, gw = patch_grid_shape(images.shape[1:3], self._patch_size, stride, pads)
         module, device = self._eval_module()
         padded_hw = tuple(
             size + before + after for size, (before, after) in zip(images.shape[1:3], pads)

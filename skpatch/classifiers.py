@@ -15,7 +15,7 @@ import torch
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
 
 from ._base_classifier import BasePatchNetClassifier
-from .extraction import _grid_shape
+from .utils._grid import patch_grid_shape
 from .nn._patch_net import build_initialized, build_seeded
 from .utils._validation import check_size_pair
 
@@ -284,7 +284,7 @@ default='sgd'
         super()._check_params_vs_input(images)
         patch_size = check_size_pair(self.patch_size, "patch_size")
         # raises when the patch is larger than the images
-        _grid_shape(images.shape[1:3], patch_size, (1, 1), ((0, 0), (0, 0)))
+        patch_grid_shape(images.shape[1:3], patch_size, (1, 1), ((0, 0), (0, 0)))
         self._patch_size = patch_size
         check_size_pair(self.inference_stride, "inference_stride")
 
@@ -519,7 +519,7 @@ class BagNetClassifier(BasePatchNetClassifier):
         q = self.patch_size
         height, width = images.shape[1:3]
         try:
-            _grid_shape((height, width), (q, q), (8, 8), ((0, 0), (0, 0)))
+            patch_grid_shape((height, width), (q, q), (8, 8), ((0, 0), (0, 0)))
         except ValueError:
             fitting = [p for p in sorted(_BAGNET_PATCH_SIZES) if p <= min(height, width)]
             advice = (

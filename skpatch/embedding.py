@@ -24,6 +24,7 @@ from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 from . import _whitening
 from .extraction import _extract_view
 from .utils._device import check_device_param, resolve_device, runtime_device
+from .utils._grid import patch_grid_shape
 from .utils._validation import (
     _check_float32_range,
     _check_input_scale,
@@ -320,15 +321,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self._patch_size = check_size_pair(self.patch_size, "patch_size")
         self._stride = check_size_pair(self.stride, "stride")
         height, width, channels = images.shape[1:]
-        if self._patch_size[0] > height or self._patch_size[1] > width:
-            raise ValueError(
-                f"patch_size={self._patch_size} is larger than the images "
-                f"(H, W) = ({height}, {width})."
-            )
-        grid = tuple(
-            (size - p) // s + 1
-            for size, p, s in zip((height, width), self._patch_size, self._stride)
-        )
+        grid = patch_grid_shape((height, width), self._patch_size, self._stride)
         if self.flip_invariant and (width - self._patch_size[1]) % self._stride[1]:
             raise ValueError(
                 f"flip_invariant=True needs a patch grid that mirrors onto itself: "

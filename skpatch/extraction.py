@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from .utils._grid import patch_grid_shape
 from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
     check_images,
@@ -39,24 +40,6 @@ def _resolve_padding(padding, patch_size):
         return tuple(((p - 1) // 2, p - 1 - (p - 1) // 2) for p in patch_size)
     pad_h, pad_w = check_size_pair(padding, "padding", minimum=0)
     return ((pad_h, pad_h), (pad_w, pad_w))
-
-
-def _grid_shape(image_hw, patch_size, stride, pads):
-    """Number of patch positions ``(gh, gw)``; raise if a patch does not fit."""
-    grid = []
-    for size, p, s, (before, after), axis in zip(
-        image_hw, patch_size, stride, pads, ("height", "width")
-    ):
-        padded = size + before + after
-        if p > padded:
-            raise ValueError(
-                f"patch_size {tuple(patch_size)} is larger than the images: patch "
-                f"{axis} {p} > image {axis} {size}"
-                + (f" + padding {before + after}" if before + after else "")
-                + "."
-            )
-        grid.append((padded - p) // s + 1)
-    return tuple(grid)
 
 
 def _as_4d(images, name="images"):
@@ -92,7 +75,7 @@ _CHUNK_BYTES = 4 * 2**20
 def _extract_flat(images, patch_size, stride, pads, n_jobs=None):
     """C-contiguous ``(n, gh * gw * ph * pw * C)`` copy in the input dtype."""
     n, height, width, channels = images.shape
-    grid_h, grid_w = _grid_shape((height, width), patch_size, stride, pads)
+    grid_h, grid_w = patch_grid_shape((height, width), patch_size, stride, pads)
     padded = np.ascontiguousarray(_pad(images, pads))
     row = padded.strides[1]  # bytes per (padded) image row
     run = np.dtype((np.void, patch_size[1] * channels * padded.itemsize))
@@ -190,7 +173,7 @@ def extract_patches(images, patch_size, *, stride=1, padding=0):
     stride = check_size_pair(stride, "stride")
     pads = _resolve_padding(padding, patch_size)
     images = _as_4d(images)
-    _grid_shape(images.shape[1:3], patch_size, stride, pads)
+    patch_grid_shape(images.shape[1:3], patch_size, stride, pads)
     return _extract_view(images, patch_size, stride, pads)
 
 
@@ -257,7 +240,7 @@ def reconstruct_from_patches(patches, image_size, *, stride=1, padding=0):
     n, grid_h, grid_w, patch_h, patch_w, channels = patches.shape
     patch_size = (patch_h, patch_w)
     pads = _resolve_padding(padding, patch_size)
-    expected = _grid_shape(image_size, patch_size, stride, pads)
+    expected = patch_grid_shape(image_size, patch_size, stride, pads)
     if expected != (grid_h, grid_w):
         raise ValueError(
             f"patches hold a {grid_h}x{grid_w} grid, but images of size {image_size} "
@@ -390,7 +373,7 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         patch_size = check_size_pair(self.patch_size, "patch_size")
         stride = check_size_pair(self.stride, "stride")
         pads = _resolve_padding(self.padding, patch_size)
-        grid = _grid_shape(images.shape[1:3], patch_size, stride, pads)
+        grid = patch_grid_shape(images.shape[1:3], patch_size, stride, pads)
         return patch_size, stride, pads, grid
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -36,6 +36,7 @@ from ._measures import (
     ssim,
 )
 from .extraction import extract_patches
+from .utils._grid import patch_grid_shape
 from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
     check_images,
@@ -89,11 +90,7 @@ _OPTIONS = {
 def _grid(image_hw, patch_size, border):
     """Patch grid ``(gh, gw)`` of the images; raise on a bad fit."""
     (height, width), (patch_h, patch_w) = image_hw, patch_size
-    if patch_h > height or patch_w > width:
-        raise ValueError(
-            f"patch_size {patch_size} is larger than the images of size "
-            f"{(height, width)} (H, W)."
-        )
+    grid = patch_grid_shape(image_hw, patch_size, stride=patch_size)
     if border == "error" and (height % patch_h or width % patch_w):
         raise ValueError(
             f"Images of size {(height, width)} (H, W) are not a whole number of "
@@ -101,7 +98,7 @@ def _grid(image_hw, patch_size, border):
             "patches of the top-left whole-patch region and keep the remaining "
             "rows and columns in place."
         )
-    return height // patch_h, width // patch_w
+    return grid
 
 
 def _check_reference(reference, n_patches):

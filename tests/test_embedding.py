@@ -507,7 +507,7 @@ def test_power_is_signed_power_of_the_pooled_codes(encoding):
         (dict(n_atoms=500), "n_atoms=500 is larger than the"),
         (dict(n_atoms=10, n_neighbors=10), "k <= 9"),
         (dict(n_atoms=10, n_neighbors=11, encoding="triangle"), "k <= 10"),
-        (dict(patch_size=8), "patch_size=.8, 8. is larger than the images"),
+        (dict(patch_size=8), r"patch_size \(8, 8\) is larger than the images: patch height 8"),
         (dict(pooling=6), "pooling must be <= 5"),
         (dict(encoding="full", n_full_components=30), "n_full_components=30 exceeds"),
         (dict(device="gpu"), "device must be"),
