@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 
 from skpatch import PatchBoundPredictor, generalization_bound
+from skpatch import _bound_formula
 from skpatch import bounds as bounds_module
 from skpatch.datasets import load_patch_size_results
 
@@ -116,7 +117,7 @@ def test_broadcasting_matches_scalar_calls():
 def test_result_independent_of_chunk_size(monkeypatch):
     patches = np.arange(3, 97)
     full = generalization_bound(5_000, 10, 96, patches, stride=5)
-    monkeypatch.setattr(bounds_module, "_GRID_CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(_bound_formula, "_GRID_CHUNK_ELEMENTS", 7)
     assert_array_equal(generalization_bound(5_000, 10, 96, patches, stride=5), full)
 
 
