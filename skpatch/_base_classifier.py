@@ -297,6 +297,40 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls, {"optimizer__weight_decay": self.weight_decay}
 
+    def _user_callbacks(self):
+        """``{name: callback}`` of ``callbacks``, unnamed ones as ``user_<index>`` (as in ``callbacks_``)."""
+        return {
+            callback[0] if isinstance(callback, tuple) else f"user_{index}": (
+                callback[1] if isinstance(callback, tuple) else callback
+            )
+            for index, callback in enumerate(self.callbacks or [])
+        }
+
+    def set_params(self, **params):
+        """Set parameters; ``callbacks__<name>__<param>`` sets a parameter of a callback.
+
+        ``<name>`` is the name of a ``(name, callback)`` pair in ``callbacks``
+        (``user_<index>`` for an unnamed one), as in skorch, so that a grid
+        search can tune a callback.
+        """
+        routed = {key: value for key, value in params.items() if key.startswith("callbacks__")}
+        rest = {key: value for key, value in params.items() if key not in routed}
+        if "callbacks" in rest:  # a new list first, then its callbacks' parameters
+            super().set_params(callbacks=rest.pop("callbacks"))
+        super().set_params(**rest)
+        if not routed:  # validation waits for fit, as for every parameter
+            return self
+        named = self._user_callbacks()
+        for key, value in routed.items():
+            name, _, param = key[len("callbacks__"):].partition("__")
+            if name not in named or not param:
+                raise ValueError(
+                    f"Invalid parameter {key!r} for {type(self).__name__}: expected "
+                    f"callbacks__<name>__<param> with <name> among {sorted(named)}."
+                )
+            named[name].set_params(**{param: value})
+        return self
+
     def _skorch_callbacks(self):
         from skorch.callbacks import ProgressBar
 

@@ -292,15 +292,27 @@ def test_patch_cnn_grid_search_over_monitor_settings(data, probe):
     assert monitor.epochs_ == ([1, 2] if monitor.every == 1 else [2])
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AttributeError,
-    reason="PatchCNNClassifier.set_params does not route callbacks__<name>__<param> "
-    "to its callbacks (BaseEstimator.set_params calls list.set_params)",
-)
 def test_patch_cnn_dunder_route_to_monitor_parameters(probe):
     clf = _patch_cnn(PathMonitor(probe))
-    clf.set_params(callbacks__paths__every=2)
-    assert clf.callbacks[0][1].every == 2
+    clf.set_params(callbacks__paths__every=2, max_epochs=3)
+    assert clf.callbacks[0][1].every == 2 and clf.max_epochs == 3
+    with pytest.raises(ValueError, match=r"callbacks__nope__every.*among \['paths'\]"):
+        clf.set_params(callbacks__nope__every=2)
+    unnamed = _patch_cnn(PathMonitor(probe))
+    unnamed.set_params(callbacks=[PathMonitor(probe)], callbacks__user_0__every=3)
+    assert unnamed.callbacks[0].every == 3
+
+
+def test_grid_search_tunes_a_monitor_of_a_patch_cnn(data, probe):
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = data
+    search = GridSearchCV(
+        _patch_cnn(PathMonitor(probe), max_epochs=2), {"callbacks__paths__every": [1, 2]}, cv=2
+    ).fit(X, y)
+    assert [p["callbacks__paths__every"] for p in search.cv_results_["params"]] == [1, 2]
+    monitor = search.best_estimator_.callbacks_["paths"]
+    assert monitor.epochs_ == ([1, 2] if monitor.every == 1 else [2])
 
 
 # ---- errors -----------------------------------------------------------------------
