@@ -74,6 +74,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
+from ._dask import is_dask_array, map_row_blocks
 from .extraction import _resolve_padding
 from .utils._grid import patch_grid_shape
 from .nn._patch_net import PatchNetModule, random_crop, sliding_window_logits
@@ -607,11 +608,16 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         proba : ndarray of shape (n, n_classes)
+            A dask array ``X`` gives a dask array, computed block by block.
         """
+        if is_dask_array(X):
+            return map_row_blocks(self, "predict_proba", X)
         return softmax(self._decision_logits(X), axis=1)
 
     def predict_log_proba(self, X):
         """Log of :meth:`predict_proba`, computed stably."""
+        if is_dask_array(X):
+            return map_row_blocks(self, "predict_log_proba", X)
         return log_softmax(self._decision_logits(X), axis=1)
 
     def predict(self, X):
@@ -624,7 +630,10 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         y : ndarray of shape (n,)
+            A dask array ``X`` gives a dask array, computed block by block.
         """
+        if is_dask_array(X):
+            return map_row_blocks(self, "predict", X)
         logits = self._decision_logits(X)
         return self.classes_[np.argmax(logits, axis=1)]
 

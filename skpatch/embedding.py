@@ -22,6 +22,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from . import _whitening
+from ._dask import is_dask_array, map_row_blocks
 from .extraction import _extract_view
 from .utils._device import check_device_param, resolve_device, runtime_device
 from .utils._grid import patch_grid_shape
@@ -500,9 +501,12 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         Returns
         -------
         X_new : ndarray of shape (n, n_features_out), float32
-            ``n_features_out_`` features per image.
+            ``n_features_out_`` features per image. A dask array ``X`` gives a
+            dask array with its row chunks.
         """
         check_is_fitted(self)
+        if is_dask_array(X):
+            return map_row_blocks(self, "transform", X)
         return self._transform(self._validate_images(X, reset=False))
 
     def _transform(self, images):

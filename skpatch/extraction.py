@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from ._dask import is_dask_array, map_row_blocks
 from .utils._grid import patch_grid_shape
 from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
@@ -409,8 +410,11 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         Returns
         -------
         patches : ndarray of shape (n, gh, gw, ph, pw, C) or (n, gh*gw*ph*pw*C)
-            The patch grid, or its flattened copy when ``flatten=True``.
+            The patch grid, or its flattened copy when ``flatten=True``. A
+            dask array ``X`` gives a dask array with its row chunks.
         """
+        if is_dask_array(X):
+            return map_row_blocks(self, "transform", X)
         if hasattr(self, "image_shape_"):
             images = validate_images(self, X, reset=False)
         else:

@@ -35,6 +35,7 @@ from ._measures import (
     psnr,
     ssim,
 )
+from ._dask import is_dask_array, map_row_blocks
 from .extraction import extract_patches
 from .utils._grid import patch_grid_shape
 from .utils._parallel import effective_n_threads, thread_map
@@ -553,9 +554,12 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         -------
         X_ordered : ndarray of the shape and dtype of ``X``, or of shape (n, H*W*C)
             In the layout of this ``X`` (not of the ``X`` seen in ``fit``);
-            rows ``(n, H*W*C)`` when ``flatten=True``.
+            rows ``(n, H*W*C)`` when ``flatten=True``. A dask array ``X``
+            gives a dask array with its row chunks.
         """
         check_is_fitted(self)
+        if is_dask_array(X):
+            return map_row_blocks(self, "transform", X)
         layout = _layout_of(X)
         images = validate_images(self, X, reset=False)
         return self._transform(images, layout)
