@@ -6,6 +6,7 @@ unless a dask array is passed in, so ``import skpatch`` never loads it.
 
 import sys
 import uuid
+import warnings
 
 import numpy as np
 
@@ -60,13 +61,10 @@ def map_row_blocks(estimator, method, X):
     da = import_dask_array()
     import dask
 
-    if any(np.isnan(size) for size in X.chunks[0]):
-        raise ValueError(
-            "X has unknown row chunk sizes; call X.compute_chunk_sizes() first."
-        )
-    if X.ndim > 1:
-        X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
-    probe = getattr(estimator, method)(np.zeros((1,) + X.shape[1:], dtype=X.dtype))
+    X = _whole_rows(X)
+    with warnings.catch_warnings():  # a black image is no evidence of a scale trap
+        warnings.simplefilter("ignore")
+        probe = getattr(estimator, method)(np.zeros((1,) + X.shape[1:], dtype=X.dtype))
     probe = np.asarray(probe)
     tail, dtype = probe.shape[1:], probe.dtype
     token = uuid.uuid4().hex
@@ -82,3 +80,72 @@ def map_row_blocks(estimator, method, X):
         for i, (block, n_rows) in enumerate(zip(blocks, X.chunks[0]))
     ]
     return da.concatenate(pieces, axis=0)
+
+
+def _whole_rows(X):
+    """``X`` with known row chunks and every other axis in one chunk."""
+    if any(np.isnan(size) for size in X.chunks[0]):
+        raise ValueError(
+            "X has unknown row chunk sizes; call X.compute_chunk_sizes() first."
+        )
+    if X.ndim > 1 and any(len(chunks) > 1 for chunks in X.chunks[1:]):
+        X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
+    return X
+
+
+def validate_image_stream(estimator, X):
+    """Validate the dask array ``X`` in ``fit`` without holding it in memory.
+
+    One pass of reductions (the smallest and largest value) over the stream;
+    the estimator's own validation then runs on a two-image proxy of ``X``'s
+    shape and dtype that holds these two values, so every check (shape,
+    dtype, finiteness, float32 range, the recorded pixel scale) is the
+    in-memory one. Returns ``X`` as lazy ``(n, H, W, C)`` images.
+    """
+    import dask
+
+    X = _whole_rows(X)
+    if X.ndim not in (2, 3, 4):
+        raise ValueError(
+            f"X must be a dask array of images (n, H, W), (n, H, W, C) or rows "
+            f"(n, H*W*C); got {X.ndim} dimension(s) with shape {X.shape}."
+        )
+    n_images = X.shape[0]
+    proxy = np.zeros((min(n_images, 2),) + X.shape[1:], dtype=X.dtype)
+    if n_images and proxy[0].size:
+        low, high = dask.compute(X.min(), X.max())
+        proxy[0].flat[0] = high
+        if n_images > 1:
+            proxy[1].flat[0] = low
+        elif proxy[0].size > 1:
+            proxy[0].flat[-1] = low
+        elif abs(low) > abs(high):
+            proxy[0].flat[0] = low
+    estimator._validate_images(proxy, reset=True)
+    return X.reshape((n_images,) + tuple(estimator.image_shape_))
+
+
+def gather_patches(images, patch_size, stride, chosen):
+    """Patches at the sorted flat grid positions ``chosen`` of lazy images.
+
+    Each row block gathers its own patches on the worker that decodes it;
+    only the patches travel. Equal to the in-memory gather, row for row.
+    """
+    import dask
+
+    from .embedding import _gather_patches
+    from .utils._grid import patch_grid_shape
+
+    grid = patch_grid_shape(images.shape[1:3], patch_size, stride)
+    per_image = grid[0] * grid[1]
+    gather = dask.delayed(_gather_patches, pure=True)
+    pieces, start = [], 0
+    for block, n_rows in zip(images.to_delayed().ravel(), images.chunks[0]):
+        low, high = np.searchsorted(chosen, [start * per_image, (start + n_rows) * per_image])
+        if high > low:
+            pieces.append(gather(block, patch_size, stride, chosen[low:high] - start * per_image))
+        start += n_rows
+    patches = dask.compute(*pieces)
+    if not patches:
+        return np.empty((0,) + tuple(patch_size) + images.shape[3:], dtype=images.dtype)
+    return np.concatenate(patches)

@@ -39,6 +39,15 @@ from .utils._validation import (
 __all__ = ["PatchDictionaryEmbedding"]
 
 
+def _gather_patches(images, patch_size, stride, chosen):
+    """Patches at the flat grid positions ``chosen`` (image-major), in ``images``' dtype."""
+    grid = patch_grid_shape(images.shape[1:3], patch_size, stride)
+    view = _extract_view(images, patch_size, stride, ((0, 0), (0, 0)))
+    image, rest = np.divmod(chosen, grid[0] * grid[1])
+    row, col = np.divmod(rest, grid[1])
+    return view[image, row, col]
+
+
 class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     """Embed images by the nearest dictionary atoms of their whitened patches.
 
@@ -391,6 +400,10 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         -------
         self : PatchDictionaryEmbedding
         """
+        if is_dask_array(X):  # a stream: validated by reductions, only the sample computed
+            from ._dask import validate_image_stream
+
+            return self._fit(validate_image_stream(self, X))
         return self._fit(self._validate_images(X, reset=True))
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -410,6 +423,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         -------
         X_new : ndarray of shape (n, n_features_out), float32
         """
+        if is_dask_array(X):
+            return self.fit(X).transform(X)
         images = self._validate_images(X, reset=True)
         return self._fit(images)._transform(images)
 
@@ -480,13 +495,15 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         to [0, 1]): the same numbers as scaling all images first.
         """
         grid = self._grid
-        view = _extract_view(images, self._patch_size, self._stride, ((0, 0), (0, 0)))
         n_total = images.shape[0] * grid[0] * grid[1]
         rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
         chosen = np.sort(rng.choice(n_total, self._n_sampled, replace=False))
-        image, rest = np.divmod(chosen, grid[0] * grid[1])
-        row, col = np.divmod(rest, grid[1])
-        patches = _to_float(view[image, row, col])
+        if is_dask_array(images):  # gathered block by block, on the workers
+            from ._dask import gather_patches
+
+            patches = _to_float(gather_patches(images, self._patch_size, self._stride, chosen))
+        else:
+            patches = _to_float(_gather_patches(images, self._patch_size, self._stride, chosen))
         return patches.reshape(patches.shape[0], -1).astype(np.float32)
 
     # ------------------------------------------------------------ transform
