@@ -2,8 +2,11 @@
 
 :func:`extract_patches` is the one extraction routine of the package. It
 returns the patch grid ``(n, gh, gw, ph, pw, C)`` as a read-only zero-copy
-strided view of the input when no padding is asked.
-:func:`reconstruct_from_patches` inverts it by averaging overlapping patches.
+strided view of the input when no padding is asked; with ``max_patches`` it
+returns ``(n, m, ph, pw, C)``, ``m`` distinct random positions per image,
+gathered in one fancy-index copy.
+:func:`reconstruct_from_patches` inverts the full grid by averaging
+overlapping patches.
 :class:`PatchExtractor` wraps both as a stateless scikit-learn transformer that,
 unlike :class:`sklearn.feature_extraction.image.PatchExtractor`, keeps one row
 per image so that ``y`` stays aligned through a Pipeline.
@@ -14,7 +17,13 @@ from numbers import Integral
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    RealNotInt,
+    StrOptions,
+    validate_params,
+)
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
@@ -31,6 +40,20 @@ from .utils._validation import (
 __all__ = ["PatchExtractor", "extract_patches", "reconstruct_from_patches"]
 
 
+def _check_pair(value, name, *, minimum=1):
+    """``check_size_pair`` with a ValueError for a tuple of the wrong length or content.
+
+    The parameter validation has already checked the type (int, tuple or
+    list), so what is left wrong is a value, as scikit-learn reports it.
+    """
+    try:
+        return check_size_pair(value, name, minimum=minimum)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a tuple of two integers (h, w) or an int, got {value!r}."
+        ) from None
+
+
 def _resolve_padding(padding, patch_size):
     """Return ``((top, bottom), (left, right))`` zero padding."""
     if isinstance(padding, str):
@@ -39,7 +62,7 @@ def _resolve_padding(padding, patch_size):
         # one patch per pixel; the patch at grid (i, j) is centred on pixel (i, j)
         # (for an even size, the centre is the upper-left of the four middle pixels)
         return tuple(((p - 1) // 2, p - 1 - (p - 1) // 2) for p in patch_size)
-    pad_h, pad_w = check_size_pair(padding, "padding", minimum=0)
+    pad_h, pad_w = _check_pair(padding, "padding", minimum=0)
     return ((pad_h, pad_h), (pad_w, pad_w))
 
 
@@ -73,17 +96,19 @@ _PARALLEL_MIN_BYTES = 32 * 2**20
 _CHUNK_BYTES = 4 * 2**20
 
 
-def _extract_flat(images, patch_size, stride, pads, n_jobs=None):
-    """C-contiguous ``(n, gh * gw * ph * pw * C)`` copy in the input dtype."""
+def _patch_runs(images, patch_size, stride, pads):
+    """The patch grid as ``(n, gh, gw, ph)`` runs of ``pw * C`` values: a view.
+
+    Each patch row is one contiguous run of ``pw * C`` values of an image row;
+    viewing a run as a single opaque (void) item lets numpy copy it as one
+    memcpy instead of paying its per-loop overhead on runs of only C values.
+    """
     n, height, width, channels = images.shape
     grid_h, grid_w = patch_grid_shape((height, width), patch_size, stride, pads)
     padded = np.ascontiguousarray(_pad(images, pads))
     row = padded.strides[1]  # bytes per (padded) image row
     run = np.dtype((np.void, patch_size[1] * channels * padded.itemsize))
-    # each patch row is one contiguous run of pw * C values of an image row;
-    # viewing a run as a single opaque item lets numpy copy it as one memcpy
-    # instead of paying its per-loop overhead on runs of only C values
-    runs = np.ndarray(
+    return np.ndarray(
         (n, grid_h, grid_w, patch_size[0]),
         dtype=run,
         buffer=padded,
@@ -94,7 +119,69 @@ def _extract_flat(images, patch_size, stride, pads, n_jobs=None):
             row,
         ),
     )
-    out = np.empty(runs.shape, dtype=run)
+
+
+def _n_sampled(max_patches, n_positions):
+    """Patches per image for ``max_patches``, as scikit-learn's ``_compute_n_patches``.
+
+    ``None``: every position; an int: at most that many (all positions if it
+    is larger); a float in (0, 1): ``int(max_patches * n_positions)``.
+    """
+    if max_patches is None:
+        return n_positions
+    if isinstance(max_patches, bool):
+        raise ValueError(
+            "max_patches must be None, an int >= 1 or a float in (0, 1), got "
+            f"{max_patches!r}."
+        )
+    if isinstance(max_patches, Integral):
+        return min(int(max_patches), n_positions)
+    n_samples = int(max_patches * n_positions)
+    if n_samples == 0:
+        # scikit-learn returns no patch here; an empty row is never what is meant
+        raise ValueError(
+            f"max_patches={max_patches!r} of the {n_positions} patch positions per "
+            "image is 0 patches; ask for a larger fraction or an int >= 1."
+        )
+    return n_samples
+
+
+def _sample_positions(n_images, grid, n_samples, random_state):
+    """``(n_images, n_samples, 2)`` grid positions, distinct within each image.
+
+    Each image draws its own uniformly random subset, in random order: the
+    ``n_samples`` smallest of one random key per position (ties have
+    probability zero), sorted by key. No loop over images or patches.
+    """
+    rng = check_random_state(random_state)
+    n_positions = grid[0] * grid[1]
+    keys = rng.random_sample((n_images, n_positions))
+    if n_samples < n_positions:
+        chosen = np.argpartition(keys, n_samples - 1, axis=1)[:, :n_samples]
+    else:
+        chosen = np.broadcast_to(np.arange(n_positions), keys.shape)
+    order = np.argsort(np.take_along_axis(keys, chosen, axis=1), axis=1)
+    flat = np.take_along_axis(chosen, order, axis=1)
+    return np.stack(np.divmod(flat, grid[1]), axis=-1)
+
+
+def _extract_sampled(images, patch_size, stride, pads, positions):
+    """C-contiguous ``(n, m, ph, pw, C)`` copy of the patches at ``positions``.
+
+    One fancy-index gather on the run view of the patch grid.
+    """
+    n, m = positions.shape[:2]
+    runs = _patch_runs(images, patch_size, stride, pads)
+    rows = np.arange(n)[:, np.newaxis]
+    out = runs[rows, positions[..., 0], positions[..., 1]]
+    return out.view(images.dtype).reshape(n, m, *patch_size, images.shape[3])
+
+
+def _extract_flat(images, patch_size, stride, pads, n_jobs=None):
+    """C-contiguous ``(n, gh * gw * ph * pw * C)`` copy in the input dtype."""
+    n = images.shape[0]
+    runs = _patch_runs(images, patch_size, stride, pads)
+    out = np.empty(runs.shape, dtype=runs.dtype)
     per_image = max(1, out[:1].nbytes)
     chunk = max(1, _CHUNK_BYTES // per_image)
     starts = range(0, n, chunk)
@@ -112,6 +199,12 @@ def _extract_flat(images, patch_size, stride, pads, n_jobs=None):
 
 
 _SIZE = [Interval(Integral, 1, None, closed="left"), tuple, list]
+_PADDING = [Interval(Integral, 0, None, closed="left"), tuple, list, StrOptions({"same"})]
+_MAX_PATCHES = [
+    None,
+    Interval(RealNotInt, 0, 1, closed="neither"),
+    Interval(Integral, 1, None, closed="left"),
+]
 
 
 @validate_params(
@@ -119,17 +212,24 @@ _SIZE = [Interval(Integral, 1, None, closed="left"), tuple, list]
         "images": ["array-like"],
         "patch_size": _SIZE,
         "stride": _SIZE,
-        "padding": [
-            Interval(Integral, 0, None, closed="left"),
-            tuple,
-            list,
-            StrOptions({"same"}),
-        ],
+        "padding": _PADDING,
+        "max_patches": _MAX_PATCHES,
+        "random_state": ["random_state"],
+        "return_positions": ["boolean"],
     },
     prefer_skip_nested_validation=True,
 )
-def extract_patches(images, patch_size, *, stride=1, padding=0):
-    """Extract the grid of patches of every image.
+def extract_patches(
+    images,
+    patch_size,
+    *,
+    stride=1,
+    padding=0,
+    max_patches=None,
+    random_state=None,
+    return_positions=False,
+):
+    """Extract the grid of patches of every image, or a random sample of it.
 
     Parameters
     ----------
@@ -144,18 +244,37 @@ def extract_patches(images, patch_size, *, stride=1, padding=0):
         patch per pixel (per ``stride`` pixels), the patch at grid position
         ``(i, j)`` being centred on pixel ``(i * sh, j * sw)``; for an even
         patch size the centre is the upper-left of the four middle pixels.
+    max_patches : int or float, default=None
+        ``None`` returns the whole grid. Otherwise each image gets ``m``
+        distinct grid positions, drawn uniformly at random, independently for
+        each image, in random order: ``m = max_patches`` for an int (all
+        ``gh * gw`` positions if it is larger, as in scikit-learn), ``m =
+        int(max_patches * gh * gw)`` for a float in (0, 1) (an error if that
+        is 0).
+    random_state : int, RandomState instance or None, default=None
+        Draws the positions when ``max_patches`` is set; an int gives the same
+        positions on every call.
+    return_positions : bool, default=False
+        Also return where each sampled patch comes from. Needs ``max_patches``.
 
     Returns
     -------
-    patches : ndarray of shape (n, gh, gw, ph, pw, C)
-        ``patches[k, i, j]`` is the patch of image ``k`` whose top-left corner
-        is at padded pixel ``(i * sh, j * sw)``; ``C = 1`` for grayscale input.
-        Without padding it is a read-only view into ``images``; with padding
-        a read-only view into a padded copy.
+    patches : ndarray of shape (n, gh, gw, ph, pw, C) or (n, m, ph, pw, C)
+        Without ``max_patches``, ``patches[k, i, j]`` is the patch of image
+        ``k`` whose top-left corner is at padded pixel ``(i * sh, j * sw)``;
+        ``C = 1`` for grayscale input. Without padding it is a read-only view
+        into ``images``; with padding a read-only view into a padded copy.
+        With ``max_patches``, a C-contiguous copy in the input dtype: one row
+        of ``m`` patches per image.
+    positions : ndarray of shape (n, m, 2)
+        Only with ``return_positions=True``: ``positions[k, s] = (i, j)``, the
+        grid position of ``patches[k, s]``, so that it equals
+        ``extract_patches(images, patch_size, stride=stride,
+        padding=padding)[k, i, j]``.
 
     See Also
     --------
-    reconstruct_from_patches : The inverse, averaging overlaps.
+    reconstruct_from_patches : The inverse of the whole grid, averaging overlaps.
     PatchExtractor : The same as a scikit-learn transformer.
 
     Examples
@@ -169,13 +288,48 @@ def extract_patches(images, patch_size, *, stride=1, padding=0):
     >>> patches[0, 1, 0, :, :, 0]
     array([[ 8,  9],
            [12, 13]])
+    >>> sampled, positions = extract_patches(
+    ...     images, 2, stride=2, max_patches=3, random_state=0, return_positions=True
+    ... )
+    >>> sampled.shape, positions.shape
+    ((2, 3, 2, 2, 1), (2, 3, 2))
+    >>> i, j = positions[1, 0]
+    >>> bool((sampled[1, 0] == patches[1, i, j]).all())
+    True
     """
-    patch_size = check_size_pair(patch_size, "patch_size")
-    stride = check_size_pair(stride, "stride")
+    patch_size = _check_pair(patch_size, "patch_size")
+    stride = _check_pair(stride, "stride")
     pads = _resolve_padding(padding, patch_size)
     images = _as_4d(images)
-    patch_grid_shape(images.shape[1:3], patch_size, stride, pads)
-    return _extract_view(images, patch_size, stride, pads)
+    grid = patch_grid_shape(images.shape[1:3], patch_size, stride, pads)
+    if max_patches is None:
+        if return_positions:
+            raise ValueError(
+                "return_positions=True needs max_patches: without it every grid "
+                "position is returned, patches[k, i, j] being at position (i, j)."
+            )
+        return _extract_view(images, patch_size, stride, pads)
+    n_samples = _n_sampled(max_patches, grid[0] * grid[1])
+    positions = _sample_positions(len(images), grid, n_samples, random_state)
+    patches = _extract_sampled(images, patch_size, stride, pads, positions)
+    return (patches, positions) if return_positions else patches
+
+
+def _check_image_size(image_size, channels):
+    """``(H, W)`` from ``image_size`` ``(H, W)`` or ``(H, W, C)``, C matching the patches."""
+    image_size = tuple(image_size)
+    if len(image_size) == 3:
+        if image_size[2] != channels:
+            raise ValueError(
+                f"image_size {image_size} has {image_size[2]!r} channels but the "
+                f"patches have {channels}; expected (H, W) or (H, W, {channels})."
+            )
+        image_size = image_size[:2]
+    elif len(image_size) != 2:
+        raise ValueError(
+            f"image_size must be (H, W) or (H, W, C), got {image_size!r}."
+        )
+    return _check_pair(image_size, "image_size")
 
 
 @validate_params(
@@ -183,12 +337,7 @@ def extract_patches(images, patch_size, *, stride=1, padding=0):
         "patches": ["array-like"],
         "image_size": [tuple, list],
         "stride": _SIZE,
-        "padding": [
-            Interval(Integral, 0, None, closed="left"),
-            tuple,
-            list,
-            StrOptions({"same"}),
-        ],
+        "padding": _PADDING,
     },
     prefer_skip_nested_validation=True,
 )
@@ -196,14 +345,17 @@ def reconstruct_from_patches(patches, image_size, *, stride=1, padding=0):
     """Rebuild images from their patch grid, averaging overlapping pixels.
 
     Vectorized: one array operation per pixel offset inside a patch
-    (``ph * pw`` of them), never a loop over patches.
+    (``ph * pw`` of them), never a loop over patches. Sums are accumulated in
+    float64 whatever the patches' dtype, so float32 patches of 0..255 values
+    average as exactly as scikit-learn's ``reconstruct_from_patches_2d``.
 
     Parameters
     ----------
     patches : array-like of shape (n, gh, gw, ph, pw, C)
         A patch grid as returned by :func:`extract_patches`.
-    image_size : tuple (H, W)
-        Size of the original (unpadded) images.
+    image_size : tuple (H, W) or (H, W, C)
+        Size of the original (unpadded) images; ``C``, if given, must be the
+        patches' channel count.
     stride : int or tuple (sh, sw), default=1
         The stride used for extraction.
     padding : int, tuple or 'same', default=0
@@ -212,7 +364,7 @@ def reconstruct_from_patches(patches, image_size, *, stride=1, padding=0):
     Returns
     -------
     images : ndarray of shape (n, H, W, C)
-        Floating point (float64 for integer patches).
+        In the patches' floating point dtype (float64 for integer patches).
 
     Raises
     ------
@@ -236,9 +388,9 @@ def reconstruct_from_patches(patches, image_size, *, stride=1, padding=0):
             "patches must be a patch grid of shape (n, gh, gw, ph, pw, C), got "
             f"shape {patches.shape}."
         )
-    image_size = check_size_pair(tuple(image_size), "image_size")
-    stride = check_size_pair(stride, "stride")
     n, grid_h, grid_w, patch_h, patch_w, channels = patches.shape
+    image_size = _check_image_size(image_size, channels)
+    stride = _check_pair(stride, "stride")
     patch_size = (patch_h, patch_w)
     pads = _resolve_padding(padding, patch_size)
     expected = patch_grid_shape(image_size, patch_size, stride, pads)
@@ -253,7 +405,8 @@ def reconstruct_from_patches(patches, image_size, *, stride=1, padding=0):
     span_h = (grid_h - 1) * stride[0] + 1
     span_w = (grid_w - 1) * stride[1] + 1
     dtype = patches.dtype if patches.dtype.kind == "f" else np.float64
-    sums = np.zeros((n, padded_h, padded_w, channels), dtype=dtype)
+    # float64 sums: a float32 sum of up to ph * pw values of 0..255 loses ~1e-3
+    sums = np.zeros((n, padded_h, padded_w, channels), dtype=np.float64)
     counts = np.zeros((padded_h, padded_w), dtype=np.int64)
     for di in range(patch_h):
         for dj in range(patch_w):
@@ -272,7 +425,8 @@ def reconstruct_from_patches(patches, image_size, *, stride=1, padding=0):
             f"pixel of a {image_size} image ({int((counts == 0).sum())} uncovered); "
             "cannot reconstruct."
         )
-    return sums[:, inside[0], inside[1], :] / counts[:, :, np.newaxis]
+    images = sums[:, inside[0], inside[1], :] / counts[:, :, np.newaxis]
+    return images.astype(dtype, copy=False)
 
 
 class PatchExtractor(TransformerMixin, BaseEstimator):
@@ -281,7 +435,9 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
     A stateless transformer: ``fit`` only validates and records the image
     shape. Unlike :class:`sklearn.feature_extraction.image.PatchExtractor`, the
     number of rows never changes, so ``y`` stays aligned in a Pipeline, and
-    the output keeps the input dtype.
+    the output keeps the input dtype. With ``max_patches``, each row holds
+    ``m`` patches at distinct random positions of its image instead of the
+    whole grid.
 
     Parameters
     ----------
@@ -305,6 +461,17 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
     image_shape : tuple (H, W) or (H, W, C), default=None
         Shape of one image when ``X`` is given as 2-D rows ``(n, H*W*C)``;
         one entry may be -1 (inferred). Not needed for 3-D or 4-D ``X``.
+    max_patches : int or float, default=None
+        ``None``: the whole grid. Otherwise ``transform`` returns
+        ``(n, m, ph, pw, C)`` (``(n, m * ph * pw * C)`` with ``flatten=True``):
+        ``m`` distinct grid positions per image, drawn uniformly and
+        independently for each image, in random order. ``m = max_patches`` for
+        an int (all ``gh * gw`` positions if it is larger, as in scikit-learn);
+        ``m = int(max_patches * gh * gw)`` for a float in (0, 1).
+    random_state : int, RandomState instance or None, default=None
+        Draws the positions when ``max_patches`` is set. As in scikit-learn's
+        ``PatchExtractor`` it is read in each ``transform``: an int gives the
+        same positions on every call, a RandomState instance new ones.
 
     Attributes
     ----------
@@ -312,6 +479,9 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         Shape of the images seen in ``fit`` (``C = 1`` for grayscale).
     patch_grid_shape_ : tuple (gh, gw)
         Number of patch positions vertically and horizontally.
+    n_patches_ : int
+        Patches per image that ``transform`` returns: ``gh * gw``, or ``m``
+        with ``max_patches``.
     n_features_in_ : int
         ``H * W * C``.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
@@ -327,6 +497,19 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
     Grayscale images keep a channel axis of length 1 in the patch grid, so
     that downstream code handles one layout.
 
+    With ``max_patches`` the positions differ from image to image, so the
+    flattened features are named by sample slot, not grid position
+    (``sample{s}_row{r}_col{c}_ch{k}``), and ``inverse_transform`` is an
+    error (a sample does not cover the image). The positions a ``transform``
+    drew are those of ``extract_patches(images, patch_size, stride=stride,
+    padding=padding, max_patches=max_patches, random_state=random_state,
+    return_positions=True)`` on the same ``(n, H, W[, C])`` images, for an
+    int ``random_state``.
+
+    scikit-learn's ``PatchExtractor(max_patches=m)`` draws each position
+    independently, so an image may repeat a patch; here the ``m`` positions
+    of an image are distinct.
+
     Examples
     --------
     >>> import numpy as np
@@ -337,20 +520,20 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
     >>> Xt = PatchExtractor(patch_size=3, stride=2, flatten=True).fit_transform(X)
     >>> Xt.shape, Xt.dtype
     ((2, 36), dtype('uint8'))
+    >>> sampler = PatchExtractor(patch_size=3, max_patches=4, random_state=0)
+    >>> sampler.fit_transform(X).shape
+    (2, 4, 3, 3, 1)
     """
 
     _parameter_constraints = {
         "patch_size": _SIZE,
         "stride": _SIZE,
-        "padding": [
-            Interval(Integral, 0, None, closed="left"),
-            tuple,
-            list,
-            StrOptions({"same"}),
-        ],
+        "padding": _PADDING,
         "flatten": ["boolean"],
         "n_jobs": [Integral, None],
         "image_shape": [tuple, list, None],
+        "max_patches": _MAX_PATCHES,
+        "random_state": ["random_state"],
     }
 
     def __init__(
@@ -362,6 +545,8 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         flatten=False,
         n_jobs=None,
         image_shape=None,
+        max_patches=None,
+        random_state=None,
     ):
         self.patch_size = patch_size
         self.stride = stride
@@ -369,10 +554,12 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         self.flatten = flatten
         self.n_jobs = n_jobs
         self.image_shape = image_shape
+        self.max_patches = max_patches
+        self.random_state = random_state
 
     def _resolved_params(self, images):
-        patch_size = check_size_pair(self.patch_size, "patch_size")
-        stride = check_size_pair(self.stride, "stride")
+        patch_size = _check_pair(self.patch_size, "patch_size")
+        stride = _check_pair(self.stride, "stride")
         pads = _resolve_padding(self.padding, patch_size)
         grid = patch_grid_shape(images.shape[1:3], patch_size, stride, pads)
         return patch_size, stride, pads, grid
@@ -394,6 +581,8 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         """
         images = validate_images(self, X, reset=True)
         *_, self.patch_grid_shape_ = self._resolved_params(images)
+        grid_h, grid_w = self.patch_grid_shape_
+        self.n_patches_ = _n_sampled(self.max_patches, grid_h * grid_w)
         return self
 
     def transform(self, X):
@@ -410,7 +599,8 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         Returns
         -------
         patches : ndarray of shape (n, gh, gw, ph, pw, C) or (n, gh*gw*ph*pw*C)
-            The patch grid, or its flattened copy when ``flatten=True``. A
+            The patch grid, or its flattened copy when ``flatten=True``. With
+            ``max_patches``, ``(n, m, ph, pw, C)`` or ``(n, m*ph*pw*C)``. A
             dask array ``X`` gives a dask array with its row chunks.
         """
         if is_dask_array(X):
@@ -420,7 +610,12 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         else:
             self._validate_params()
             images = check_images(X, image_shape=self.image_shape)
-        patch_size, stride, pads, _ = self._resolved_params(images)
+        patch_size, stride, pads, grid = self._resolved_params(images)
+        if self.max_patches is not None:
+            n_samples = _n_sampled(self.max_patches, grid[0] * grid[1])
+            positions = _sample_positions(len(images), grid, n_samples, self.random_state)
+            patches = _extract_sampled(images, patch_size, stride, pads, positions)
+            return patches.reshape(len(images), -1) if self.flatten else patches
         if self.flatten:
             return _extract_flat(images, patch_size, stride, pads, self.n_jobs)
         return _extract_view(images, patch_size, stride, pads)
@@ -437,8 +632,19 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         -------
         images : ndarray
             Floating point images in the layout passed to ``fit``.
+
+        Raises
+        ------
+        ValueError
+            With ``max_patches``: a random sample of patches does not cover
+            the image.
         """
         check_is_fitted(self)
+        if self.max_patches is not None:
+            raise ValueError(
+                f"inverse_transform needs the whole patch grid, but max_patches="
+                f"{self.max_patches!r} samples a subset of it; use max_patches=None."
+            )
         patches = np.asarray(X)
         height, width, channels = self.image_shape_
         patch_size, stride, _, _ = self._resolved_params(
@@ -466,7 +672,9 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features=None):
         """Names of the flattened features: ``patch{i}_{j}_row{r}_col{c}_ch{k}``.
 
-        Only available with ``flatten=True``.
+        Only available with ``flatten=True``. With ``max_patches`` the
+        positions vary by image, so the names are ``sample{s}_row{r}_col{c}_ch{k}``
+        for sample slot ``s`` of ``n_patches_``.
 
         Parameters
         ----------
@@ -479,8 +687,17 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         grid_h, grid_w = self.patch_grid_shape_
-        patch_h, patch_w = check_size_pair(self.patch_size, "patch_size")
+        patch_h, patch_w = _check_pair(self.patch_size, "patch_size")
         channels = self.image_shape_[2]
+        if self.max_patches is not None:
+            names = [
+                f"sample{s}_row{r}_col{c}_ch{k}"
+                for s in range(self.n_patches_)
+                for r in range(patch_h)
+                for c in range(patch_w)
+                for k in range(channels)
+            ]
+            return np.asarray(names, dtype=object)
         names = [
             f"patch{i}_{j}_row{r}_col{c}_ch{k}"
             for i in range(grid_h)

@@ -4,10 +4,12 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy.stats import chi2
 from sklearn.base import clone
 from sklearn.feature_extraction.image import extract_patches_2d
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skpatch import PatchExtractor, extract_patches, reconstruct_from_patches
 
@@ -147,7 +149,9 @@ def test_patch_larger_than_image_is_a_clear_error(kwargs, match):
     "params, error, match",
     [
         ({"patch_size": 0}, ValueError, "patch_size"),
-        ({"patch_size": (2, 2, 2)}, TypeError, "patch_size must be an int or a pair"),
+        ({"patch_size": (2, 2, 2)}, ValueError, "patch_size must be a tuple of two integers"),
+        ({"patch_size": (2, 2.5)}, ValueError, "patch_size must be a tuple of two integers"),
+        ({"stride": (1, 1, 1)}, ValueError, "stride must be a tuple of two integers"),
         ({"stride": 0}, ValueError, "stride"),
         ({"padding": -1}, ValueError, "padding"),
         ({"padding": "valid"}, ValueError, "padding"),
@@ -206,3 +210,211 @@ def test_flatten_identical_whatever_the_chunking_and_threads(monkeypatch, chunk_
         np.testing.assert_array_equal(
             flat.fit_transform(images), grid.reshape(len(images), -1)
         )
+
+
+# --- reconstruction fixes -------------------------------------------------------
+
+
+def test_float32_reconstruction_sums_in_float64():
+    # 0..255 float32 values under 8x8 = 64-fold overlaps: a float32 sum is off by ~1e-4
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0, 255, size=(2, 20, 23, 3)).astype(np.float32)
+    grid = extract_patches(images, 8)
+    rebuilt = reconstruct_from_patches(grid, (20, 23))
+    assert rebuilt.dtype == np.float32
+    reference = reconstruct_from_patches(grid.astype(np.float64), (20, 23))
+    np.testing.assert_allclose(rebuilt, reference, rtol=np.finfo(np.float32).eps)
+    # equal copies of a float32 value average back to it exactly
+    np.testing.assert_array_equal(rebuilt, images)
+
+
+def test_reconstruct_takes_image_size_with_channels():
+    images = np.random.default_rng(8).random((2, 6, 7, 3))
+    grid = extract_patches(images, 3)
+    np.testing.assert_array_equal(
+        reconstruct_from_patches(grid, (6, 7, 3)), reconstruct_from_patches(grid, (6, 7))
+    )
+    with pytest.raises(ValueError, match=r"image_size \(6, 7, 1\) has 1 channels but the patches have 3"):
+        reconstruct_from_patches(grid, (6, 7, 1))
+    with pytest.raises(ValueError, match=r"image_size must be \(H, W\) or \(H, W, C\)"):
+        reconstruct_from_patches(grid, (6,))
+
+
+# --- max_patches ----------------------------------------------------------------
+
+
+def _slices_at(images, positions, patch_size, stride, padding):
+    """Plain-numpy reference: the padded image slice at each grid position."""
+    ph, pw = patch_size
+    sh, sw = stride
+    if padding == "same":
+        pads = [((p - 1) // 2, p - 1 - (p - 1) // 2) for p in patch_size]
+    else:
+        pads = [(padding, padding)] * 2
+    padded = np.pad(images, ((0, 0), pads[0], pads[1], (0, 0)))
+    return np.stack([
+        np.stack([padded[k, i * sh : i * sh + ph, j * sw : j * sw + pw] for i, j in row])
+        for k, row in enumerate(positions)
+    ])
+
+
+@pytest.mark.parametrize(
+    "patch_size, stride, padding, max_patches",
+    [((3, 3), (1, 1), 0, 5), ((2, 4), (2, 3), 0, 0.4), ((3, 2), (1, 2), "same", 7), ((4, 4), (3, 3), 1, 1)],
+)
+def test_max_patches_returns_the_image_slice_at_each_position(
+    patch_size, stride, padding, max_patches
+):
+    images = np.random.default_rng(9).integers(0, 256, size=(6, 9, 11, 3), dtype=np.uint8)
+    patches, positions = extract_patches(
+        images, patch_size, stride=stride, padding=padding, max_patches=max_patches,
+        random_state=0, return_positions=True,
+    )
+    grid_h, grid_w = extract_patches(images, patch_size, stride=stride, padding=padding).shape[1:3]
+    m = max_patches if isinstance(max_patches, int) else int(max_patches * grid_h * grid_w)
+    assert patches.shape == (6, m) + patch_size + (3,) and positions.shape == (6, m, 2)
+    assert patches.dtype == np.uint8 and patches.flags.c_contiguous
+    assert ((positions >= 0) & (positions < [grid_h, grid_w])).all()
+    np.testing.assert_array_equal(
+        patches, _slices_at(images, positions, patch_size, stride, padding)
+    )
+    flat_positions = positions[..., 0] * grid_w + positions[..., 1]
+    for row in flat_positions:
+        assert len(set(row.tolist())) == m  # distinct within each image
+
+    extractor = PatchExtractor(
+        patch_size, stride=stride, padding=padding, max_patches=max_patches, random_state=0
+    )
+    np.testing.assert_array_equal(extractor.fit_transform(images), patches)
+    assert extractor.n_patches_ == m
+    flat = clone(extractor).set_params(flatten=True).fit(images)
+    np.testing.assert_array_equal(flat.transform(images), patches.reshape(6, -1))
+    assert len(flat.get_feature_names_out()) == m * patch_size[0] * patch_size[1] * 3
+
+
+def test_max_patches_draws_every_subset_equally_often():
+    # 2 of the 6 positions of a 2x3 grid per image: 15 subsets, 6 positions, 2 slots
+    n_images, n_positions = 30_000, 6
+    images = np.zeros((n_images, 3, 4))
+    _, positions = extract_patches(
+        images, 2, max_patches=2, random_state=0, return_positions=True
+    )
+    flat = positions[..., 0] * 3 + positions[..., 1]
+    assert (flat[:, 0] != flat[:, 1]).all()
+
+    def chi_square(counts):
+        expected = counts.sum() / counts.size
+        return ((counts - expected) ** 2 / expected).sum(), counts.size - 1
+
+    # each position equally likely in each slot
+    for slot in range(2):
+        stat, dof = chi_square(np.bincount(flat[:, slot], minlength=n_positions))
+        assert stat < chi2.ppf(1 - 1e-6, dof)
+    # each unordered pair equally likely: a uniform subset, not just uniform marginals
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    upper_low, upper_high = np.triu_indices(n_positions, 1)
+    pair_counts = np.bincount(low * n_positions + high, minlength=n_positions**2)
+    pair_counts = pair_counts[upper_low * n_positions + upper_high]
+    stat, dof = chi_square(pair_counts)
+    assert dof == 14 and stat < chi2.ppf(1 - 1e-6, dof)
+
+
+def test_max_patches_is_seeded_and_independent_per_image():
+    images = np.random.default_rng(10).random((50, 8, 8))
+    kwargs = {"max_patches": 3, "return_positions": True}
+    _, a = extract_patches(images, 3, random_state=0, **kwargs)
+    _, b = extract_patches(images, 3, random_state=0, **kwargs)
+    _, c = extract_patches(images, 3, random_state=1, **kwargs)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # images draw independently: 50 images of 36 positions do not share one draw
+    assert len({tuple(map(tuple, row)) for row in a}) > 45
+    # a RandomState instance advances between calls, as in scikit-learn
+    rng = np.random.RandomState(0)
+    extractor = PatchExtractor(3, max_patches=3, random_state=rng).fit(images)
+    first, second = extractor.transform(images), extractor.transform(images)
+    assert not np.array_equal(first, second)
+
+
+def test_max_patches_counts_follow_sklearn():
+    from sklearn.feature_extraction.image import _compute_n_patches
+
+    images = np.zeros((2, 10, 12))
+    # grid 8x10 = 80 positions for 3x3 patches
+    for max_patches, expected in [(1, 1), (79, 79), (80, 80), (500, 80), (0.5, 40), (0.99, 79), (0.013, 1)]:
+        assert _compute_n_patches(10, 12, 3, 3, max_patches) == expected
+        patches, positions = extract_patches(
+            images, 3, max_patches=max_patches, random_state=0, return_positions=True
+        )
+        assert patches.shape[1] == expected
+        if expected == 80:  # the whole grid (or more) asked: every position once
+            assert {tuple(p) for p in positions[0]} == {
+                (i, j) for i in range(8) for j in range(10)
+            }
+
+
+@pytest.mark.parametrize("max_patches", [0, -1, 1.0, 1.5, -0.5, "all", True])
+def test_bad_max_patches_names_the_parameter(max_patches):
+    images = np.zeros((2, 6, 6))
+    with pytest.raises(ValueError, match="max_patches"):
+        extract_patches(images, 2, max_patches=max_patches)
+    with pytest.raises(ValueError, match="max_patches"):
+        PatchExtractor(2, max_patches=max_patches).fit(images)
+
+
+def test_max_patches_fraction_of_zero_patches_and_misuse_are_clear_errors():
+    images = np.zeros((2, 6, 6))  # 25 positions of 2x2
+    with pytest.raises(ValueError, match=r"max_patches=0.01 of the 25 patch positions .* is 0"):
+        PatchExtractor(2, max_patches=0.01).fit(images)
+    with pytest.raises(ValueError, match="return_positions=True needs max_patches"):
+        extract_patches(images, 2, return_positions=True)
+    extractor = PatchExtractor(2, max_patches=3, random_state=0).fit(images)
+    with pytest.raises(ValueError, match="inverse_transform needs the whole patch grid"):
+        extractor.inverse_transform(extractor.transform(images))
+
+
+def test_max_patches_feature_names_name_sample_slots():
+    X = np.zeros((2, 4, 4, 2))
+    extractor = PatchExtractor(2, max_patches=3, flatten=True, random_state=0).fit(X)
+    names = extractor.get_feature_names_out()
+    assert names[0] == "sample0_row0_col0_ch0"
+    assert names[1] == "sample0_row0_col0_ch1"
+    assert names[8] == "sample1_row0_col0_ch0"
+    assert names[-1] == "sample2_row1_col1_ch1"
+
+
+def test_max_patches_in_a_pipeline_keeps_rows_aligned():
+    rng = np.random.default_rng(11)
+    X = rng.random((60, 8, 8))
+    X[:30] += 1.0  # the first class is brighter everywhere
+    y = np.repeat([1, 0], 30)
+    pipe = make_pipeline(
+        PatchExtractor(3, max_patches=5, flatten=True, random_state=0),
+        LogisticRegression(),
+    )
+    assert pipe.fit(X, y).score(X, y) == 1.0
+
+
+
+# a row's positions are drawn from the seeded generator after the rows before
+# it, as scikit-learn's PatchExtractor draws image after image: a subset or a
+# reordering of the rows draws other positions
+_ROW_ORDER_DRAWS = (
+    "each row draws its positions after the rows before it from the one seeded "
+    "generator (as scikit-learn's PatchExtractor does), so a subset or a "
+    "permutation of the rows draws other positions"
+)
+
+
+@parametrize_with_checks(
+    [
+        PatchExtractor(patch_size=(1, 1), image_shape=(1, -1), flatten=True,
+                       max_patches=2, random_state=0),
+    ],
+    expected_failed_checks=lambda estimator: {
+        "check_methods_sample_order_invariance": _ROW_ORDER_DRAWS,
+        "check_methods_subset_invariance": _ROW_ORDER_DRAWS,
+    },
+)
+def test_sklearn_checks_with_max_patches(estimator, check):
+    check(estimator)
