@@ -58,11 +58,23 @@ def _check_no_empty_class(path, folders, image_folders, subset):
         )
 
 
-def _read_folder(path, subset):
-    """Sorted ``(class_name, name, bytes)`` of a directory or tar archive.
+def _is_plain_tar(path):
+    """Whether ``path`` is an uncompressed tar, whose members can be read by offset."""
+    with open(path, "rb") as file:
+        magic = file.read(6)
+    compressed = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+    return not any(magic.startswith(m) for m in compressed)
+
+
+def _read_folder(path, subset, lazy=False):
+    """Sorted ``(class_name, name, payload)`` of a directory or tar archive.
 
     The class of an image is the name of its parent folder; with ``subset``
-    only images whose grandparent folder is named ``subset`` are kept.
+    only images whose grandparent folder is named ``subset`` are kept. The
+    payload is the file's bytes; with ``lazy=True`` it is ``None`` for a
+    directory (read from ``name`` later) and ``(offset, size)`` in an
+    uncompressed tar (a compressed archive has no random access: its bytes
+    are read in the one pass).
     """
     path = Path(path)
     entries = []
@@ -81,8 +93,9 @@ def _read_folder(path, subset):
                     if cls is not None:
                         entries.append((cls, os.path.join(top, name)))
                         image_folders.add(relative)
-        entries = [(cls, name, Path(name).read_bytes()) for cls, name in entries]
+        entries = [(cls, name, None if lazy else Path(name).read_bytes()) for cls, name in entries]
     elif path.is_file() and tarfile.is_tarfile(path):
+        by_offset = lazy and _is_plain_tar(path)
         try:
             # one sequential pass: seeking in a .tar.gz re-decompresses it
             with tarfile.open(path, mode="r|*") as archive:
@@ -94,7 +107,10 @@ def _read_folder(path, subset):
                     elif info.isfile() and _is_image_name(info.name):
                         cls = _select(parts, subset)
                         if cls is not None:
-                            data = archive.extractfile(info).read()
+                            if by_offset:
+                                data = (info.offset_data, info.size)
+                            else:
+                                data = archive.extractfile(info).read()
                             entries.append((cls, info.name, data))
                             image_folders.add(parts[:-1])
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
@@ -237,8 +253,74 @@ def _write_cache(cache_file, **arrays):
     os.replace(tmp, cache_file)  # atomic: a reader never sees half a cache
 
 
+def _read_payload(archive, name, payload):
+    """The bytes of one image: a file, a slice of an uncompressed tar, or bytes."""
+    if payload is None:
+        return Path(name).read_bytes()
+    if isinstance(payload, bytes):
+        return payload
+    offset, size = payload
+    with open(archive, "rb") as file:
+        file.seek(offset)
+        data = file.read(size)
+    if len(data) != size:
+        raise ValueError(
+            f"the archive {str(archive)!r} is shorter than when it was listed: "
+            f"{name!r} ends at byte {offset + size}; expected an unchanged archive."
+        )
+    return data
+
+
+def _decode_chunk(archive, names, payloads, size, shape, where):
+    """Decode one chunk of files into ``(len(names),) + shape`` uint8 images."""
+    images = np.empty((len(names),) + shape, dtype=np.uint8)
+    for i, (name, payload) in enumerate(zip(names, payloads)):
+        image = _decode(_read_payload(archive, name, payload), size, f"{name!r}{where}")
+        if image.ndim == 2 and len(shape) == 3 and size is not None:
+            image = np.repeat(image[..., None], 3, axis=2)  # grey among colour, as in memory
+        if image.shape != shape:
+            raise ValueError(
+                f"the image {name!r}{where} has shape {image.shape} but the first "
+                f"image has {shape}; pass size=(H, W) to resize them all (a colour "
+                "image after a grey first image needs the images loaded in memory)."
+            )
+        images[i] = image
+    return images
+
+
+def _lazy_images(path, entries, size, chunk_size):
+    """A dask array of the entries' images, one task per ``chunk_size`` files."""
+    from .._dask import import_dask_array
+
+    da = import_dask_array()
+    import dask
+
+    archive = None if Path(path).is_dir() else str(path)
+    where = "" if archive is None else f" in the archive {str(path)!r}"
+    _, first_name, first_payload = entries[0]
+    shape = _decode(_read_payload(archive, first_name, first_payload), size, f"{first_name!r}{where}").shape
+    decode = dask.delayed(_decode_chunk, pure=True)
+    blocks = []
+    for start in range(0, len(entries), chunk_size):
+        chunk = entries[start : start + chunk_size]
+        names = [name for _, name, _ in chunk]
+        payloads = [payload for _, _, payload in chunk]
+        task = decode(archive, names, payloads, size, shape, where,
+                      dask_key_name=f"decode-images-{dask.base.tokenize(path, size, names)}")
+        blocks.append(da.from_delayed(task, shape=(len(chunk),) + shape, dtype=np.uint8))
+    return da.concatenate(blocks, axis=0)
+
+
 def load_image_folder(
-    path, *, size=None, subset=None, cache=False, cache_dir=None, return_X_y=False
+    path,
+    *,
+    size=None,
+    subset=None,
+    cache=False,
+    cache_dir=None,
+    return_X_y=False,
+    as_dask=False,
+    chunk_size=1024,
 ):
     """Load a folder tree or tar archive of ``<class>/<image>`` files.
 
@@ -264,6 +346,17 @@ def load_image_folder(
         ``$SKPATCH_CACHE`` or ``~/.cache/skpatch``.
     return_X_y : bool, default=False
         Return ``(images, target)`` instead of a Bunch.
+    as_dask : bool, default=False
+        Return the images as a lazy :class:`dask.array.Array` with one chunk
+        per ``chunk_size`` files, each decoded by the task that needs it (on a
+        Dask worker under a distributed client); only the file list, the
+        labels and the first image are read now. Folders and uncompressed tar
+        archives are read file by file by the tasks (the workers must see
+        ``path``); a compressed archive has no random access, so its encoded
+        bytes are read now, in one pass, and travel with the tasks. Needs
+        ``pip install "skpatch[dask]"``; not with ``cache``.
+    chunk_size : int, default=1024
+        Files per chunk with ``as_dask=True``.
 
     Returns
     -------
@@ -283,6 +376,8 @@ def load_image_folder(
         from ..utils._validation import check_size_pair
 
         size = check_size_pair(size, "size")
+    if as_dask:
+        return _load_lazy(path, size, subset, cache, return_X_y, chunk_size)
     cache_file = None
     if cache and Path(path).is_file():
         cache_file = _cache_path(path, subset, size, _cache_dir(cache_dir))
@@ -317,5 +412,29 @@ def load_image_folder(
     descr = (
         f"Images from {path}" + (f" (subset {subset!r})" if subset else "") + f": "
         f"{len(images)} images of shape {images.shape[1:]}, {len(target_names)} classes."
+    )
+    return _result(images, target, target_names, descr, return_X_y, filenames=filenames)
+
+
+def _load_lazy(path, size, subset, cache, return_X_y, chunk_size):
+    from numbers import Integral
+
+    if cache:
+        raise ValueError(
+            "cache=True needs the decoded images in memory; with as_dask=True they "
+            "are decoded per chunk by the tasks. Pass cache=False."
+        )
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1 (files per chunk), got {chunk_size!r}.")
+    entries = _read_folder(path, subset, lazy=True)
+    target_names = sorted({cls for cls, _, _ in entries})
+    class_index = {name: i for i, name in enumerate(target_names)}
+    target = np.array([class_index[cls] for cls, _, _ in entries], dtype=np.int64)
+    filenames = np.array([name for _, name, _ in entries])
+    images = _lazy_images(path, entries, size, int(chunk_size))
+    descr = (
+        f"Images from {path}" + (f" (subset {subset!r})" if subset else "") + f": "
+        f"{images.shape[0]} images of shape {images.shape[1:]}, {len(target_names)} "
+        f"classes, as a dask array decoded per chunk of {int(chunk_size)} files."
     )
     return _result(images, target, target_names, descr, return_X_y, filenames=filenames)
