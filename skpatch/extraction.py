@@ -146,23 +146,71 @@ def _n_sampled(max_patches, n_positions):
     return n_samples
 
 
+_KEY_CHUNK_BYTES = 16 * 2**20
+
+
 def _sample_positions(n_images, grid, n_samples, random_state):
     """``(n_images, n_samples, 2)`` grid positions, distinct within each image.
 
-    Each image draws its own uniformly random subset, in random order: the
-    ``n_samples`` smallest of one random key per position (ties have
-    probability zero), sorted by key. No loop over images or patches.
+    Each image draws its own uniformly random subset of the ``gh * gw``
+    positions, in uniformly random order, deterministic for an int
+    ``random_state``. No loop over images or patches: see
+    :func:`_distinct_by_rejection` (few samples of many positions) and
+    :func:`_distinct_by_keys` (the rest).
     """
-    rng = check_random_state(random_state)
+    # one seed derived from random_state; PCG64 gives raw 64-bit keys cheaply
+    seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+    generator = np.random.Generator(np.random.PCG64(seed))
     n_positions = grid[0] * grid[1]
-    keys = rng.random_sample((n_images, n_positions))
-    if n_samples < n_positions:
-        chosen = np.argpartition(keys, n_samples - 1, axis=1)[:, :n_samples]
+    if n_samples * (n_samples - 1) <= n_positions:
+        flat = _distinct_by_rejection(generator, n_images, n_positions, n_samples)
     else:
-        chosen = np.broadcast_to(np.arange(n_positions), keys.shape)
-    order = np.argsort(np.take_along_axis(keys, chosen, axis=1), axis=1)
-    flat = np.take_along_axis(chosen, order, axis=1)
+        flat = _distinct_by_keys(generator, n_images, n_positions, n_samples)
     return np.stack(np.divmod(flat, grid[1]), axis=-1)
+
+
+def _distinct_by_rejection(generator, n_images, n_positions, n_samples):
+    """Uniform draws, each row with a repeat redrawn whole until none has one.
+
+    An accepted row is uniform over ordered tuples of distinct positions. With
+    ``m * (m - 1) <= gh * gw`` at most ~40% of the rows repeat a position, so
+    the rounds shrink geometrically; the cost is O(n * m), not O(n * gh * gw).
+    """
+    flat = generator.integers(0, n_positions, size=(n_images, n_samples))
+    redo = np.arange(n_images)
+    while redo.size:
+        ordered = np.sort(flat[redo], axis=1)
+        redo = redo[(ordered[:, 1:] == ordered[:, :-1]).any(axis=1)]
+        flat[redo] = generator.integers(0, n_positions, size=(redo.size, n_samples))
+    return flat
+
+
+def _distinct_by_keys(generator, n_images, n_positions, n_samples):
+    """The ``m`` smallest of one random 64-bit key per position, sorted.
+
+    The position's index sits in a key's low bits, so a plain (value)
+    partition and sort carry it along, faster than ``argpartition``; the
+    other 50-odd bits make a tie, which would favour the lower index,
+    practically impossible.
+    """
+    index_bits = max(1, (n_positions - 1).bit_length())
+    index_mask = np.uint64((1 << index_bits) - 1)
+    flat = np.empty((n_images, n_samples), dtype=np.intp)
+    # keys for a chunk of images at a time: memory bounded whatever n; the raw
+    # stream continues across chunks, so the draw is the same whatever the chunk
+    chunk = max(1, _KEY_CHUNK_BYTES // (8 * n_positions))
+    for start in range(0, n_images, chunk):
+        stop = min(start + chunk, n_images)
+        keys = generator.bit_generator.random_raw((stop - start) * n_positions)
+        keys = keys.reshape(stop - start, n_positions)
+        keys &= ~index_mask
+        keys |= np.arange(n_positions, dtype=np.uint64)
+        if n_samples < n_positions:
+            keys.partition(n_samples - 1, axis=1)
+            keys = keys[:, :n_samples]
+        keys.sort(axis=1)
+        flat[start:stop] = keys & index_mask
+    return flat
 
 
 def _extract_sampled(images, patch_size, stride, pads, positions):

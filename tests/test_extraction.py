@@ -1,6 +1,7 @@
 """Patch extraction against sklearn, hand-worked cases and round trips."""
 
 import pickle
+from math import comb
 
 import numpy as np
 import pytest
@@ -260,7 +261,14 @@ def _slices_at(images, positions, patch_size, stride, padding):
 
 @pytest.mark.parametrize(
     "patch_size, stride, padding, max_patches",
-    [((3, 3), (1, 1), 0, 5), ((2, 4), (2, 3), 0, 0.4), ((3, 2), (1, 2), "same", 7), ((4, 4), (3, 3), 1, 1)],
+    [
+        ((3, 3), (1, 1), 0, 5),
+        ((2, 4), (2, 3), 0, 0.4),
+        ((3, 2), (1, 2), "same", 7),
+        ((4, 4), (3, 3), 1, 1),
+        ((2, 2), (1, 1), 0, 0.9),  # 72 of 80 positions: drawn by keys, not rejection
+        ((3, 3), (2, 2), "same", 500),  # more than the 5x6 grid: all of it
+    ],
 )
 def test_max_patches_returns_the_image_slice_at_each_position(
     patch_size, stride, padding, max_patches
@@ -271,7 +279,10 @@ def test_max_patches_returns_the_image_slice_at_each_position(
         random_state=0, return_positions=True,
     )
     grid_h, grid_w = extract_patches(images, patch_size, stride=stride, padding=padding).shape[1:3]
-    m = max_patches if isinstance(max_patches, int) else int(max_patches * grid_h * grid_w)
+    if isinstance(max_patches, int):
+        m = min(max_patches, grid_h * grid_w)
+    else:
+        m = int(max_patches * grid_h * grid_w)
     assert patches.shape == (6, m) + patch_size + (3,) and positions.shape == (6, m, 2)
     assert patches.dtype == np.uint8 and patches.flags.c_contiguous
     assert ((positions >= 0) & (positions < [grid_h, grid_w])).all()
@@ -292,31 +303,33 @@ def test_max_patches_returns_the_image_slice_at_each_position(
     assert len(flat.get_feature_names_out()) == m * patch_size[0] * patch_size[1] * 3
 
 
-def test_max_patches_draws_every_subset_equally_often():
-    # 2 of the 6 positions of a 2x3 grid per image: 15 subsets, 6 positions, 2 slots
-    n_images, n_positions = 30_000, 6
-    images = np.zeros((n_images, 3, 4))
+@pytest.mark.parametrize(
+    "n_samples",
+    [2, 4],  # 2 * 1 <= 9 positions: drawn by rejection; 4 * 3 > 9: by random keys
+)
+def test_max_patches_draws_every_subset_equally_often(n_samples):
+    # n_samples of the 9 positions of a 3x3 grid per image, 30,000 images
+    n_images, n_positions = 30_000, 9
+    images = np.zeros((n_images, 4, 4))
     _, positions = extract_patches(
-        images, 2, max_patches=2, random_state=0, return_positions=True
+        images, 2, max_patches=n_samples, random_state=0, return_positions=True
     )
     flat = positions[..., 0] * 3 + positions[..., 1]
-    assert (flat[:, 0] != flat[:, 1]).all()
+    ordered = np.sort(flat, axis=1)
+    assert (ordered[:, 1:] != ordered[:, :-1]).all()  # distinct
 
-    def chi_square(counts):
-        expected = counts.sum() / counts.size
-        return ((counts - expected) ** 2 / expected).sum(), counts.size - 1
+    def assert_uniform(counts, n_cells):
+        # chi-square against equal counts; a loose bound (false alarm 1e-6)
+        assert counts.size == n_cells and counts.min() > 0
+        expected = counts.sum() / n_cells
+        assert ((counts - expected) ** 2 / expected).sum() < chi2.ppf(1 - 1e-6, n_cells - 1)
 
     # each position equally likely in each slot
-    for slot in range(2):
-        stat, dof = chi_square(np.bincount(flat[:, slot], minlength=n_positions))
-        assert stat < chi2.ppf(1 - 1e-6, dof)
-    # each unordered pair equally likely: a uniform subset, not just uniform marginals
-    low, high = flat.min(axis=1), flat.max(axis=1)
-    upper_low, upper_high = np.triu_indices(n_positions, 1)
-    pair_counts = np.bincount(low * n_positions + high, minlength=n_positions**2)
-    pair_counts = pair_counts[upper_low * n_positions + upper_high]
-    stat, dof = chi_square(pair_counts)
-    assert dof == 14 and stat < chi2.ppf(1 - 1e-6, dof)
+    for slot in range(n_samples):
+        assert_uniform(np.bincount(flat[:, slot], minlength=n_positions), n_positions)
+    # each subset equally likely: a uniform subset, not just uniform marginals
+    _, subset_counts = np.unique(ordered, axis=0, return_counts=True)
+    assert_uniform(subset_counts, comb(n_positions, n_samples))
 
 
 def test_max_patches_is_seeded_and_independent_per_image():
@@ -396,12 +409,9 @@ def test_max_patches_in_a_pipeline_keeps_rows_aligned():
 
 
 
-# a row's positions are drawn from the seeded generator after the rows before
-# it, as scikit-learn's PatchExtractor draws image after image: a subset or a
-# reordering of the rows draws other positions
 _ROW_ORDER_DRAWS = (
-    "each row draws its positions after the rows before it from the one seeded "
-    "generator (as scikit-learn's PatchExtractor does), so a subset or a "
+    "the rows draw their positions from one seeded stream, row after row (as "
+    "scikit-learn's PatchExtractor draws image after image), so a subset or a "
     "permutation of the rows draws other positions"
 )
 
@@ -418,3 +428,15 @@ _ROW_ORDER_DRAWS = (
 )
 def test_sklearn_checks_with_max_patches(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("key_chunk_bytes", [1, 8 * 36 * 3, 10**9])
+def test_max_patches_draw_is_identical_whatever_the_key_chunking(monkeypatch, key_chunk_bytes):
+    import skpatch.extraction as extraction
+
+    images = np.random.default_rng(12).random((10, 8, 8, 2))
+    expected = extract_patches(images, 3, max_patches=0.3, random_state=4)
+    monkeypatch.setattr(extraction, "_KEY_CHUNK_BYTES", key_chunk_bytes)
+    np.testing.assert_array_equal(
+        extract_patches(images, 3, max_patches=0.3, random_state=4), expected
+    )
