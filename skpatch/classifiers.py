@@ -13,11 +13,13 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from ._base_classifier import BasePatchNetClassifier
+from .utils._device import check_device_param, resolve_device
 from .utils._grid import patch_grid_shape
 from .nn._patch_net import build_initialized, build_seeded
-from .utils._validation import check_size_pair
+from .utils._validation import check_images, check_size_pair, validate_images
 
 __all__ = ["BagNetClassifier", "PatchCNNClassifier"]
 
@@ -51,7 +53,12 @@ def _load_state_dict(path):
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
     ``weights_only`` is kept on: unpickling other objects can run code from the file.
+    A checkpoint of the form ``{'state_dict': ..., 'epoch': ...}`` (torchvision's
+    ImageNet training script) gives its ``'state_dict'``; a ``module.`` prefix on
+    every key (``DataParallel``) is removed.
     """
+    from .nn.bagnet import _strip_module_prefix
+
     import pickle
 
     try:
@@ -69,14 +76,41 @@ def _load_state_dict(path):
             f"weights={os.fspath(path)!r} is not a file of tensors that torch.load can "
             f"read ({type(exc).__name__}); save one with torch.save(model.state_dict(), path)."
         ) from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # a training checkpoint wrapping the state dict
     if not isinstance(state, dict) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
         raise ValueError(
             f"weights={os.fspath(path)!r} holds a {type(state).__name__}, not a state "
-            "dict of tensors (torch.save(model.state_dict(), path))."
+            "dict of tensors (torch.save(model.state_dict(), path)) nor a checkpoint "
+            "{'state_dict': ...}."
         )
-    return state
+    return _strip_module_prefix(state)
+
+
+# float images for ImageNet weights must be RGB in [0, 1]; resampling (bicubic,
+# Lanczos) overshoots by a few percent, 0..255 or already-normalized images far more
+_UNIT_RANGE_SLACK = 0.5
+
+
+def _check_unit_range(images, what):
+    """Raise unless float ``images`` lie in [0, 1] (give or take ``_UNIT_RANGE_SLACK``)."""
+    if images.size == 0:
+        return
+    low, high = float(images.min()), float(images.max())
+    if low < -_UNIT_RANGE_SLACK or high > 1 + _UNIT_RANGE_SLACK:
+        hint = (
+            "they look like 0..255 pixels: pass them as uint8 (scaled to [0, 1]) or "
+            "divide them by 255"
+            if high > 1 + _UNIT_RANGE_SLACK and low >= -_UNIT_RANGE_SLACK
+            else "they look normalized already: pass the images before normalization"
+        )
+        raise ValueError(
+            f"X holds values in [{low:.4g}, {high:.4g}], but {what} expect RGB images "
+            f"in [0, 1], which the classifier normalizes with the ImageNet mean and "
+            f"standard deviation itself; {hint}."
+        )
 
 
 class PatchCNNClassifier(BasePatchNetClassifier):
@@ -538,8 +572,214 @@ class BagNetClassifier(BasePatchNetClassifier):
                 raise ValueError(
                     f"weights need RGB images with 3 channels, got {images.shape[3]}."
                 )
+            _check_unit_range(images, f"weights={self.weights!r}")
         self._layers = layers
         self._patch_size = (q, q)
+        # fitted state, not the parameter: set_params(weights=...) after fit changes nothing
+        self._imagenet_input = self.weights is not None
+        self._any_image_size = False
+
+    @classmethod
+    def from_weights(cls, path, *, patch_size=None, classes=None, device="auto"):
+        """A fitted classifier from a BagNet weights file, with no training.
+
+        The network (patch size, ``width``, ``layers``, number of classes) is
+        read from the state dict; its parameters and BatchNorm statistics are
+        the file's, unchanged. The classifier takes RGB images of any size of
+        at least ``q x q`` pixels, ``uint8`` (scaled to [0, 1]) or float in
+        [0, 1], and normalizes them with the ImageNet mean and standard
+        deviation, as the official weights expect. ``predict_proba``,
+        ``patch_logits``, :func:`~skpatch.inspection.class_heatmap` and
+        :func:`~skpatch.inspection.blackout_scores` work on it at once.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Local file of a state dict in the reference naming, saved with
+            ``torch.save(model.state_dict(), path)``, or a training checkpoint
+            ``{'state_dict': ..., ...}``; a ``module.`` prefix on every key
+            (``DataParallel``) is removed. Read with
+            ``torch.load(weights_only=True)``: a file holding other objects
+            than tensors and plain values is refused. Nothing is downloaded.
+        patch_size : {9, 17, 33}, default=None
+            The BagNet the file must hold; ``None`` reads it from the file
+            (which blocks have 3x3 middle convs). A file of another BagNet is
+            a ``ValueError``.
+        classes : array-like of shape (n_classes,), default=None
+            Labels of ``fc``'s outputs, in their order (for ImageNet weights,
+            e.g. the 1000 WordNet ids in the order the weights were trained
+            with); ``None`` gives ``0 .. n_classes - 1``. Their number must be
+            the number of rows of ``fc``.
+        device : {'auto', 'cpu', 'cuda'} or 'cuda:N', default='auto'
+            Where the network runs.
+
+        Returns
+        -------
+        clf : BagNetClassifier
+            Fitted: its parameters (``patch_size``, ``width``, ``layers``,
+            ``weights=path``, ``device``) are those of the file, so ``clone``
+            gives an unfitted classifier that fine-tunes from the same
+            weights; ``image_shape_`` is ``None`` (any size). It pickles and
+            loads on a CPU-only machine like a fitted one.
+
+        Raises
+        ------
+        ValueError
+            If ``path`` is not a file of tensors, is no BagNet state dict, has
+            not 3 input channels, holds another ``patch_size``, or has another
+            number of classes than ``classes``; at prediction, for float
+            images outside [0, 1] (0..255 pixels, or normalized already).
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np, torch
+        >>> from skpatch.classifiers import BagNetClassifier
+        >>> from skpatch.nn.bagnet import bagnet9
+        >>> path = os.path.join(tempfile.mkdtemp(), "bagnet9.pth")
+        >>> torch.save(bagnet9(width=2, layers=(1, 1, 1, 1)).state_dict(), path)
+        >>> clf = BagNetClassifier.from_weights(path, device="cpu")
+        >>> clf.patch_size, len(clf.classes_)
+        (9, 1000)
+        >>> X = np.zeros((2, 40, 40, 3), dtype=np.uint8)
+        >>> clf.set_params(verbose=0).patch_logits(X).shape
+        (2, 1000, 4, 4)
+        """
+        from skorch import NeuralNetClassifier
+
+        from .nn._patch_net import PatchNetModule
+        from .nn.bagnet import (
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            BagNet,
+            _architecture_from_state_dict,
+            load_reference_weights,
+        )
+
+        check_device_param(device)
+        name = f"weights={os.fspath(path)!r}"
+        if not os.path.isfile(path):
+            raise ValueError(f"{name} is not a file.")
+        state = _load_state_dict(path)
+        try:
+            arch = _architecture_from_state_dict(state)
+        except ValueError as exc:
+            raise ValueError(f"{name} {exc}.") from None
+        q = arch["patch_size"]
+        if patch_size is not None and patch_size != q:
+            raise ValueError(
+                f"patch_size={patch_size!r}, but {name} holds a BagNet-{q} (3x3 middle "
+                f"convs in {arch['kernel3']} blocks per stage); pass patch_size={q} or None."
+            )
+        if arch["in_channels"] != 3:
+            raise ValueError(
+                f"{name} takes {arch['in_channels']} input channels; from_weights "
+                "normalizes RGB images for ImageNet weights and needs 3."
+            )
+        n_classes = arch["n_classes"]
+        if classes is None:
+            labels = np.arange(n_classes)
+        else:
+            labels = np.asarray(classes)
+            if labels.ndim != 1 or len(labels) != n_classes:
+                raise ValueError(
+                    f"classes holds {labels.size} labels (shape {labels.shape}), but the "
+                    f"fc layer of {name} has {n_classes} outputs: pass one label per "
+                    "output, in fc's order, or classes=None."
+                )
+            if len(set(labels.tolist())) != n_classes:
+                raise ValueError("classes must hold distinct labels, one per fc output.")
+
+        clf = cls(
+            q, width=arch["width"], layers=arch["layers"], weights=path, device=device
+        )
+        with torch.device("meta"):
+            net = BagNet(
+                arch["kernel3"], arch["layers"], n_classes=n_classes,
+                width=arch["width"], in_channels=3,
+            )
+        net.to_empty(device="cpu")
+        try:
+            # strict: every parameter and buffer of the empty network is overwritten
+            load_reference_weights(net, state)
+        except RuntimeError as exc:
+            raise ValueError(f"{name} does not load into a BagNet-{q}: {exc}") from exc
+        clf.device_ = resolve_device(device)
+        on_cuda = clf.device_.startswith("cuda")
+        module = PatchNetModule(
+            net, IMAGENET_MEAN, IMAGENET_STD, amp=on_cuda, channels_last=False
+        ).eval()
+        clf.net_ = NeuralNetClassifier(
+            module, criterion=torch.nn.CrossEntropyLoss, classes=np.arange(n_classes),
+            device=clf.device_, verbose=0, train_split=None,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*initialized.*", module="skorch")
+            clf.net_.initialize()
+        clf.module_ = clf.net_.module_.eval()
+        clf.callbacks_ = dict(clf.net_.callbacks_)
+        clf.history_ = clf.net_.history
+        clf.classes_ = labels
+        clf.channel_mean_ = np.asarray(IMAGENET_MEAN, dtype=np.float64)
+        clf.channel_std_ = np.asarray(IMAGENET_STD, dtype=np.float64)
+        clf.image_shape_ = None
+        clf._layers = arch["layers"]
+        clf._patch_size = (q, q)
+        clf._augment = ()
+        clf._imagenet_input = True
+        clf._any_image_size = True
+        return clf
+
+    def _validate_inference_images(self, X):
+        """Images for inference as ``(n, H, W, C)`` floats, checked for this model.
+
+        A classifier from :meth:`from_weights` takes RGB images of any size of
+        at least ``q x q``; a fitted one those of the training shape. With
+        ImageNet weights float images must be in [0, 1].
+        """
+        if getattr(self, "_any_image_size", False):
+            images = check_images(X, image_shape=self.image_shape, dtype="float")
+            height, width, channels = images.shape[1:]
+            if channels != 3:
+                raise ValueError(
+                    f"X holds images with {channels} channels, but the weights take RGB "
+                    "images: pass X of shape (n, H, W, 3)."
+                )
+            q = self._patch_size[0]
+            if height < q or width < q:
+                raise ValueError(
+                    f"X holds images of size {height}x{width}, smaller than the "
+                    f"{q}x{q} patches of this BagNet-{q}; images must be at least "
+                    f"{q}x{q} pixels."
+                )
+        else:
+            images = validate_images(self, X, reset=False, dtype="float")
+        if getattr(self, "_imagenet_input", False):
+            _check_unit_range(images, f"the weights ({self.weights!r})")
+        return images
+
+    def _input_zero(self):
+        """Raw pixel values (per channel) that the network's input normalization maps to zero."""
+        from .nn.bagnet import IMAGENET_MEAN, InputAffine
+
+        if isinstance(self.module_.core, InputAffine):
+            # data statistics, then the affine map to ImageNet's: zero at the ImageNet mean
+            return np.asarray(IMAGENET_MEAN, dtype=np.float32)
+        # PatchNetModule's (x - mean) / std holds channel_mean_ as float32: exact zeros
+        return np.asarray(self.channel_mean_, dtype=np.float32)
+
+    def _selected_patch_logits(self, X, class_index, *, stride=None, padding=0):
+        check_is_fitted(self)
+        images = self._validate_inference_images(X)
+        stride = check_size_pair(self._default_patch_stride() if stride is None else stride,
+                                 "stride")
+        return self._patch_logits(images, stride, padding, class_index)
+
+    def _decision_logits(self, X):
+        check_is_fitted(self)
+        images = self._validate_inference_images(X)
+        logits = self._patch_logits(images, (8, 8), 0)
+        return logits.mean(axis=(2, 3), dtype=np.float64)
 
     def _default_patch_stride(self):
         return 8

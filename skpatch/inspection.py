@@ -12,10 +12,12 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
 from ._base_classifier import BasePatchNetClassifier
+from .extraction import _resolve_padding
+from .utils._validation import validate_images
 
 __all__ = ["blackout_scores", "class_heatmap"]
 
@@ -35,25 +37,40 @@ def _check_patch_estimator(estimator):
         "X": ["array-like"],
         "classes": ["array-like", None],
         "padding": [Interval(Integral, 0, None, closed="left"), tuple, str],
+        "pad_value": [StrOptions({"mean"}), Real],
     },
     prefer_skip_nested_validation=True,
 )
-def class_heatmap(estimator, X, *, classes=None, padding="same"):
+def class_heatmap(estimator, X, *, classes=None, padding="same", pad_value="mean"):
     """Per-pixel class evidence: each patch's logit placed at the patch's position.
 
     Parameters
     ----------
     estimator : fitted estimator with ``patch_logits`` and ``classes_``
-        For example a fitted :class:`~skpatch.PatchCNNClassifier`.
+        For example a fitted :class:`~skpatch.PatchCNNClassifier` or
+        :class:`~skpatch.BagNetClassifier`.
     X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
-        Images of the shape the estimator was fitted on.
+        Images of the shape the estimator was fitted on (any size of at
+        least the patch size for :meth:`BagNetClassifier.from_weights`).
     classes : array-like of labels, default=None
         Classes whose maps are returned, in this order, given as labels of
         ``estimator.classes_`` (strings for string labels, integers for
         integer ones); ``None`` gives all of ``estimator.classes_``.
     padding : 'same', int or tuple (pad_h, pad_w), default='same'
-        ``'same'`` zero-pads the images so that there is one patch centred on
-        every pixel (the paper's figures); ``0`` gives the unpadded grid.
+        ``'same'`` pads the images so that there is one patch centred on
+        every pixel (the figures of Madala et al. and of the BagNet authors);
+        ``0`` gives the unpadded grid.
+    pad_value : 'mean' or float, default='mean'
+        What the border holds. ``'mean'``: per channel, the pixel value the
+        estimator's input normalization maps to zero, so the padding is zero
+        in the normalized image the network sees, as in the BagNet authors'
+        ``generate_heatmap_pytorch``: the ImageNet mean colour for a
+        :class:`~skpatch.BagNetClassifier` with ImageNet weights (``weights``
+        or :meth:`~skpatch.BagNetClassifier.from_weights`), the training
+        images' channel mean (``channel_mean_``) for a BagNet trained from
+        scratch and for :class:`~skpatch.PatchCNNClassifier`. A float pads
+        the raw images with that value; ``0.0`` is a black border (the
+        former default, and the padding of ``patch_logits(padding=...)``).
 
     Returns
     -------
@@ -66,7 +83,9 @@ def class_heatmap(estimator, X, *, classes=None, padding="same"):
     Raises
     ------
     ValueError
-        If a label of ``classes`` is not among ``estimator.classes_``.
+        If a label of ``classes`` is not among ``estimator.classes_``, or a
+        float ``pad_value`` is given for an estimator that is not an skpatch
+        classifier (it pads in its own ``patch_logits``).
 
     See Also
     --------
@@ -74,13 +93,22 @@ def class_heatmap(estimator, X, *, classes=None, padding="same"):
 
     Notes
     -----
-    With ``estimator.verbose > 0`` the skpatch classifiers show a progress
-    bar on stderr over the image chunks (tqdm, as skorch's ``ProgressBar``).
+    The border matters: with ``padding='same'`` every pixel within ``q // 2``
+    of the edge gets a patch that reaches into the padding, 26% of a 224x224
+    map for BagNet-33. The padded images are built on the host, one copy of
+    ``X`` with its border. For an estimator that is not an skpatch
+    classifier, ``padding`` is passed to its ``patch_logits`` and it pads as
+    it does. With ``estimator.verbose > 0`` the skpatch classifiers show a
+    progress bar on stderr over the image chunks (tqdm, as skorch's
+    ``ProgressBar``).
 
     References
     ----------
     V. C. Madala, S. Chandrasekaran and J. Bunk, "CNNs Avoid Curse of
     Dimensionality by Learning on Patches", Figures 1, 4 and 5.
+    W. Brendel and M. Bethge, "Approximating CNNs with Bag-of-local-Features
+    models works surprisingly well on ImageNet", ICLR 2019; their
+    ``bagnets/utils.py`` (``generate_heatmap_pytorch``).
 
     Examples
     --------
@@ -94,13 +122,52 @@ def class_heatmap(estimator, X, *, classes=None, padding="same"):
     (2, 1, 6, 6)
     """
     _check_patch_estimator(estimator)
-    if classes is None:
-        return estimator.patch_logits(X, stride=1, padding=padding)
-    index = _class_index(classes, estimator.classes_)
-    if type(estimator).patch_logits is BasePatchNetClassifier.patch_logits:
-        # the base selects the maps on the device, before the copy to the host
-        return estimator._selected_patch_logits(X, index, stride=1, padding=padding)
-    return estimator.patch_logits(X, stride=1, padding=padding)[:, index]
+    index = None if classes is None else _class_index(classes, estimator.classes_)
+    if not (
+        isinstance(estimator, BasePatchNetClassifier)
+        and type(estimator).patch_logits is BasePatchNetClassifier.patch_logits
+    ):
+        if not (isinstance(pad_value, str) and pad_value == "mean"):
+            raise ValueError(
+                f"pad_value={pad_value!r} needs an skpatch classifier; "
+                f"{type(estimator).__name__} pads in its own patch_logits(X, padding=...): "
+                "leave pad_value='mean'."
+            )
+        maps = estimator.patch_logits(X, stride=1, padding=padding)
+        return maps if index is None else maps[:, index]
+    validate = getattr(estimator, "_validate_inference_images", None)
+    if validate is not None:
+        images = validate(X)
+    else:
+        images = validate_images(estimator, X, reset=False, dtype="float")
+    pads = _resolve_padding(padding, estimator._patch_size)
+    if any(before or after for before, after in pads):
+        images = _pad_images(images, pads, _border_values(estimator, pad_value))
+    # the base selects the maps on the device, before the copy to the host
+    return estimator._patch_logits(images, (1, 1), 0, index)
+
+
+def _border_values(estimator, pad_value):
+    """Per-channel raw values of the border: those normalizing to zero, or ``pad_value``."""
+    n_channels = len(estimator.channel_mean_)
+    if not isinstance(pad_value, str):
+        return np.full(n_channels, pad_value, dtype=np.float64)
+    input_zero = getattr(estimator, "_input_zero", None)
+    if input_zero is not None:
+        return np.asarray(input_zero(), dtype=np.float64)
+    # the PatchNetModule's (x - mean) / std holds channel_mean_ as float32: exact zeros
+    return np.asarray(estimator.channel_mean_, dtype=np.float32).astype(np.float64)
+
+
+def _pad_images(images, pads, values):
+    """``images`` (n, H, W, C) with a border of ``pads`` filled with ``values`` per channel."""
+    (top, bottom), (left, right) = pads
+    n, height, width, channels = images.shape
+    padded = np.empty((n, height + top + bottom, width + left + right, channels),
+                      dtype=images.dtype)
+    padded[...] = values.astype(images.dtype)
+    padded[:, top:top + height, left:left + width] = images
+    return padded
 
 
 def _class_index(classes, known):
@@ -239,7 +306,9 @@ def blackout_scores(
         )
     logits = np.asarray(estimator.patch_logits(X), dtype=np.float64)
     check_consistent_length(logits, y)
-    y_index = np.searchsorted(known, y)
+    # classes_ from BagNetClassifier.from_weights(classes=...) keep fc's order, unsorted
+    position = {label: k for k, label in enumerate(known.tolist())}
+    y_index = np.array([position[label] for label in y.tolist()], dtype=np.intp)
     n, _, gh, gw = logits.shape
 
     rows = {key: [] for key in ("mode", "fraction", "accuracy", "accuracy_std",

@@ -248,11 +248,18 @@ def test_inspection_works_on_bagnet(fitted, toy_data):
 
     X, y = toy_data
     heatmap = class_heatmap(fitted, X[:2], classes=["b"])
-    # 'same' padding: the map at pixel (r, c) is the evidence of the patch centred there
-    padded = np.pad(X[:2], ((0, 0), (4, 4), (4, 4), (0, 0)))
-    centred = extract_patches(padded, 9, stride=1)[:, 10, 17]  # pixel (10, 17)
-    expected = _module_logits(fitted, np.ascontiguousarray(centred))[:, 1]
-    assert_close_scaled(heatmap[:, 0, 10, 17], expected, rtol=1e-4)
+    # 'same' padding: the map at pixel (r, c) is the evidence of the patch centred
+    # there; the border holds what normalizes to zero (the training images' mean),
+    # i.e. the normalized image padded with zeros, as the BagNet authors pad
+    mean = X.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = X.std(axis=(0, 1, 2), dtype=np.float64)
+    padded = np.pad((X[:2] - mean) / std, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    for r, c in [(10, 17), (0, 0), (2, 32), (24, 5)]:
+        centred = np.ascontiguousarray(extract_patches(padded, 9, stride=1)[:, r, c])
+        x = torch.from_numpy(centred.transpose(0, 3, 1, 2)).float()
+        with torch.no_grad():
+            expected = fitted.module_.core.eval()(x)[:, 1].numpy()
+        assert_close_scaled(heatmap[:, 0, r, c], expected, rtol=1e-5)
     scores = blackout_scores(fitted, X, y, fractions=[0, 0.5], random_state=0)
     assert scores["accuracy"][0] == pytest.approx(fitted.score(X, y))
 
@@ -334,6 +341,12 @@ def test_weights_load_frozen_backbone_and_imagenet_normalization(toy_data, tmp_p
     with torch.no_grad():
         expected = reference.eval().patch_logits((x - mean) / std).numpy()
     assert_close_scaled(clf.patch_logits(X[:4]), expected, rtol=1e-4)
+    # heat maps pad with the ImageNet mean colour: the authors' zero-padded normalized image
+    from skpatch.inspection import class_heatmap
+
+    maps = class_heatmap(clf, X[:1], classes=["b"])[0, 0]
+    authors = _authors_heatmap(reference, X[0], 1, 9, IMAGENET_MEAN, IMAGENET_STD)
+    assert_close_scaled(maps, authors, rtol=1e-4)
     # the backbone, BatchNorm statistics included, did not move; fc did
     trained = clf.net_.module_.core.net.state_dict()
     for key, value in state.items():
@@ -665,3 +678,228 @@ def test_heatmap_of_one_class_computes_only_its_row(fitted_161, monkeypatch, str
     maps = class_heatmap(clf, X[:2], classes=[3, 1], padding=0)
     assert set(widths) == {2}
     assert_close_scaled(maps, clf.patch_logits(X[:2], stride=1)[:, [3, 1]], rtol=1e-5)
+
+
+# ---- BagNetClassifier.from_weights: official-style weights, no training -------------
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def _weights_file(tmp_path, patch_size, n_classes, layers=(2, 1, 2, 1), width=2, seed=0,
+                  wrap=None, name=None):
+    """A randomly initialised BagNet (non-trivial BatchNorm statistics) saved as weights."""
+    net = _tiny(patch_size, layers=layers, n_classes=n_classes, width=width, seed=seed).float()
+    state = net.state_dict()
+    if wrap == "module":
+        state = {f"module.{k}": v for k, v in state.items()}
+    elif wrap == "checkpoint":  # torchvision's ImageNet training script
+        state = {"epoch": 90, "arch": f"bagnet{patch_size}", "best_acc1": torch.tensor(0.5),
+                 "state_dict": {f"module.{k}": v for k, v in state.items()}}
+    path = tmp_path / (name or f"bagnet{patch_size}_{n_classes}_{wrap}.pth")
+    torch.save(state, path)
+    return path, net.double().eval()
+
+
+def _imagenet_normalized(images):
+    """(n, H, W, 3) in [0, 1] -> ImageNet-normalized float64 (n, 3, H, W) tensor."""
+    x = (np.asarray(images, dtype=np.float64) - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _authors_heatmap(net, image, target, patch_size, mean, std):
+    """``generate_heatmap_pytorch`` of the reference's bagnets/utils.py, rewritten in float64.
+
+    Normalize the image, pad the *normalized* image with zeros ((q - 1) // 2
+    before, the rest after), cut every q x q patch at stride 1 and run the
+    network on each patch alone; the class ``target`` logit is the map.
+    """
+    x = ((np.asarray(image, dtype=np.float64) - mean) / std).transpose(2, 0, 1)
+    channels, height, width = x.shape
+    q, before = patch_size, (patch_size - 1) // 2
+    padded = np.zeros((channels, height + q - 1, width + q - 1))
+    padded[:, before:before + height, before:before + width] = x
+    dtype = next(net.parameters()).dtype
+    patches = torch.from_numpy(padded[None]).to(dtype).permute(0, 2, 3, 1)
+    patches = patches.unfold(1, q, 1).unfold(2, q, 1)  # (1, H, W, C, q, q)
+    patches = patches.contiguous().view(-1, channels, q, q)
+    with torch.no_grad():
+        logits = torch.cat([net.eval()(batch)[:, target] for batch in torch.split(patches, 500)])
+    return logits.double().numpy().reshape(height, width)
+
+
+@pytest.fixture(scope="module")
+def weights_9(tmp_path_factory):
+    return _weights_file(tmp_path_factory.mktemp("weights"), 9, n_classes=1000)
+
+
+@pytest.mark.parametrize("patch_size, wrap", [(9, None), (17, "module"), (33, "checkpoint")])
+def test_from_weights_reads_the_network_and_predicts_as_a_torch_forward(
+    tmp_path, patch_size, wrap
+):
+    path, net = _weights_file(tmp_path, patch_size, n_classes=5, wrap=wrap)
+    labels = ["e", "a", "d", "b", "c"]  # fc's order: kept, not sorted
+    clf = BagNetClassifier.from_weights(path, classes=labels, device="cpu").set_params(verbose=0)
+    assert (clf.patch_size, tuple(clf.layers), clf.width) == (patch_size, (2, 1, 2, 1), 2)
+    assert clf.classes_.tolist() == labels and clf.device_ == "cpu"
+    rng = np.random.default_rng(patch_size)
+    for height, width in [(patch_size, patch_size), (patch_size + 31, patch_size + 17)]:
+        X = rng.random((3, height, width, 3)).astype(np.float32)
+        with torch.no_grad():
+            pooled = net(_imagenet_normalized(X)).numpy()  # the plain torch forward
+            evidence = net.patch_logits(_imagenet_normalized(X)).numpy()
+        assert_close_scaled(clf.patch_logits(X), evidence, rtol=1e-5)
+        scale = float(np.abs(pooled).max())
+        np.testing.assert_allclose(clf.predict_proba(X), softmax(pooled, axis=1),
+                                   rtol=1e-5, atol=1e-5 * scale)
+        assert clf.predict(X).tolist() == [labels[k] for k in pooled.argmax(axis=1)]
+    # uint8 images are scaled to [0, 1]
+    X8 = rng.integers(0, 256, (2, patch_size + 8, patch_size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        pooled = net(_imagenet_normalized(X8 / 255.0)).numpy()
+    np.testing.assert_allclose(clf.predict_proba(X8), softmax(pooled, axis=1),
+                               rtol=1e-5, atol=1e-5 * float(np.abs(pooled).max()))
+
+
+def test_from_weights_defaults_to_the_1000_imagenet_indices(weights_9):
+    path, net = weights_9
+    clf = BagNetClassifier.from_weights(str(path), patch_size=9, device="cpu")
+    np.testing.assert_array_equal(clf.classes_, np.arange(1000))
+    assert clf.image_shape_ is None and clf.weights == str(path)
+    fitted_state = clf.module_.core.state_dict()
+    for key, value in net.float().state_dict().items():  # the file's values, untouched
+        assert torch.equal(fitted_state[key], value), key
+    net.double()
+
+
+def test_from_weights_heatmap_is_the_authors_heatmap(tmp_path):
+    from skpatch.inspection import class_heatmap
+
+    for patch_size, (height, width) in [(9, (21, 25)), (17, (20, 18))]:
+        path, net = _weights_file(tmp_path, patch_size, n_classes=4)
+        clf = BagNetClassifier.from_weights(path, device="cpu").set_params(verbose=0)
+        image = np.random.default_rng(patch_size).random((1, height, width, 3))
+        maps = class_heatmap(clf, image, classes=[2, 0])
+        for k, target in enumerate([2, 0]):
+            expected = _authors_heatmap(net, image[0], target, patch_size,
+                                        IMAGENET_MEAN, IMAGENET_STD)
+            assert_close_scaled(maps[0, k], expected, rtol=1e-5)
+        # the black border (pad_value=0) changes only pixels whose patch reaches the
+        # padding (q // 2 rows and columns on each side), the outer ring far beyond rounding
+        black = class_heatmap(clf, image, classes=[2], pad_value=0.0)[0, 0]
+        half = patch_size // 2
+        inside = (slice(half, height - half), slice(half, width - half))
+        assert_close_scaled(black[inside], maps[0, 0][inside], rtol=1e-5)
+        ring = np.concatenate([black[0] - maps[0, 0, 0], black[-1] - maps[0, 0, -1],
+                               black[:, 0] - maps[0, 0, :, 0], black[:, -1] - maps[0, 0, :, -1]])
+        assert np.median(np.abs(ring)) > 100 * 1e-5 * float(np.abs(maps[0, 0]).max())
+        # and equals the authors' map on an image padded with black by hand
+        before = (patch_size - 1) // 2
+        padded = np.pad(image[0], ((before, patch_size - 1 - before),) * 2 + ((0, 0),))
+        by_hand = _authors_heatmap(net, padded, 2, patch_size, IMAGENET_MEAN, IMAGENET_STD)
+        inner = by_hand[before:before + height, before:before + width]
+        assert_close_scaled(black, inner, rtol=1e-5)
+
+
+def test_border_share_of_a_224_bagnet33_map():
+    # pixels whose 33x33 'same' patch reaches the padding: the issue's 26%
+    inner = (224 - 33 + 1) ** 2
+    assert 1 - inner / 224**2 == pytest.approx(0.2653, abs=1e-4)
+
+
+def test_from_weights_blackout_and_score_with_unsorted_labels(tmp_path):
+    from sklearn.metrics import accuracy_score
+
+    from skpatch.inspection import blackout_scores
+
+    path, _ = _weights_file(tmp_path, 9, n_classes=3)
+    labels = np.array(["zebra", "ant", "moth"])
+    clf = BagNetClassifier.from_weights(path, classes=labels, device="cpu").set_params(verbose=0)
+    rng = np.random.default_rng(5)
+    X = rng.random((12, 33, 33, 3))
+    y = labels[rng.integers(0, 3, 12)]
+    proba = clf.predict_proba(X)
+    res = blackout_scores(clf, X, y, fractions=[0], alternate=False)
+    column = {label: k for k, label in enumerate(labels)}
+    expected_loss = -np.mean(np.log(proba[np.arange(12), [column[v] for v in y]]))
+    assert res["log_loss"][0] == pytest.approx(expected_loss, rel=1e-6)
+    assert res["accuracy"][0] == pytest.approx(accuracy_score(y, labels[proba.argmax(1)]))
+    assert res["accuracy"][0] == pytest.approx(clf.score(X, y))
+
+
+def test_from_weights_clones_pickles_and_fine_tunes(weights_9):
+    import pickle
+
+    from sklearn.exceptions import NotFittedError
+
+    path, _ = weights_9
+    clf = BagNetClassifier.from_weights(path, device="cpu").set_params(verbose=0)
+    X = np.random.default_rng(6).random((4, 40, 40, 3)).astype(np.float32)
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    np.testing.assert_array_equal(restored.classes_, clf.classes_)
+    unfitted = clone(clf)
+    assert unfitted.get_params() == clf.get_params()
+    with pytest.raises(NotFittedError):
+        unfitted.predict(X)
+    # the clone fine-tunes from the same weights: frozen backbone, a new fc for 2 classes
+    with pytest.warns(UserWarning, match="1000 classes but y has 2"):
+        tuned = unfitted.set_params(freeze_backbone=True, max_epochs=1, batch_size=2,
+                                    random_state=0).fit(X, [0, 1, 0, 1])
+    trained = tuned.module_.core.net.state_dict()
+    for key, value in clf.module_.core.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(trained[key], value), key
+
+
+def test_from_weights_bad_inputs(weights_9, tmp_path):
+    path, _ = weights_9
+    with pytest.raises(ValueError, match=r"patch_size=17, but weights=.*bagnet9.* holds a "
+                                         r"BagNet-9.*pass patch_size=9 or None"):
+        BagNetClassifier.from_weights(path, patch_size=17)
+    with pytest.raises(ValueError, match=r"classes holds 3 labels .* fc layer of "
+                                         r"weights=.* has 1000 outputs"):
+        BagNetClassifier.from_weights(path, classes=["a", "b", "c"])
+    with pytest.raises(ValueError, match="distinct labels"):
+        BagNetClassifier.from_weights(
+            _weights_file(tmp_path, 9, n_classes=2)[0], classes=["a", "a"])
+    with pytest.raises(ValueError, match=r"missing\.pth' is not a file"):
+        BagNetClassifier.from_weights(tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="device"):
+        BagNetClassifier.from_weights(path, device="tpu")
+    other = tmp_path / "resnet_like.pth"
+    torch.save({"conv1.weight": torch.zeros(4, 3, 7, 7), "fc.weight": torch.zeros(2, 8)}, other)
+    with pytest.raises(ValueError, match=r"resnet_like\.pth' has no consecutive blocks layer1"):
+        BagNetClassifier.from_weights(other)
+    torch.save({"linear.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(ValueError, match=r"resnet_like\.pth' has no 'conv1.weight' entry"):
+        BagNetClassifier.from_weights(other)
+    gray = tmp_path / "gray.pth"
+    torch.save(bagnet9(n_classes=2, width=2, layers=(1, 1, 1, 1), in_channels=1).state_dict(),
+               gray)
+    with pytest.raises(ValueError, match=r"gray\.pth' takes 1 input channels"):
+        BagNetClassifier.from_weights(gray)
+    # 3x3 middle convs per stage of no BagNet: (1, 0, 0, 0)
+    odd = bagnet9(n_classes=2, width=2, layers=(1, 1, 1, 1)).state_dict()
+    odd["layer2.0.conv2.weight"] = torch.zeros(4, 4, 1, 1)
+    torch.save(odd, other)
+    with pytest.raises(ValueError, match=r"\(1, 0, 0, 0\) blocks with a 3x3 middle conv"):
+        BagNetClassifier.from_weights(other)
+
+    clf = BagNetClassifier.from_weights(path, device="cpu").set_params(verbose=0)
+    X = np.random.default_rng(7).random((2, 40, 40, 3))
+    with pytest.raises(ValueError, match=r"\[0, 1\].*look like 0\.\.255 pixels"):
+        clf.predict_proba(X * 255)
+    with pytest.raises(ValueError, match="look normalized already"):
+        clf.patch_logits(_imagenet_normalized(X).numpy().transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"size 8x40, smaller than the 9x9 patches"):
+        clf.predict(X[:, :8])
+    with pytest.raises(ValueError, match=r"1 channels.*\(n, H, W, 3\)"):
+        clf.predict(X[..., 0])
+
+
+def test_fit_with_weights_rejects_0_255_floats(toy_data, tmp_path):
+    X, y = toy_data
+    path, _ = _weights_file(tmp_path, 9, n_classes=2, layers=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="look like 0..255 pixels"):
+        BagNetClassifier(9, weights=path, **TINY).fit(X * 255, y)

@@ -57,16 +57,29 @@ def even(data):
     return _fit(data, 4)
 
 
-def _logit_of_patch_centred_at(clf, X_train, image, r, c, T):
-    """Slow reference: pad by hand, cut the TxT patch centred at (r, c), run the core net."""
+def _logit_of_patch_centred_at(clf, X_train, image, r, c, T, raw_zero_border=False):
+    """Slow reference: pad by hand, cut the TxT patch centred at (r, c), run the core net.
+
+    By default the authors' convention (BagNet ``generate_heatmap_pytorch``):
+    normalize the image with the training statistics, then pad the normalized
+    image with zeros. ``raw_zero_border`` pads the raw image with zeros first
+    (a black border), the old default, still ``pad_value=0``.
+    """
     before = (T - 1) // 2  # the centre of an even patch is its upper-left middle pixel
-    padded = np.pad(image, ((before, T - 1 - before), (before, T - 1 - before), (0, 0)))
-    patch = padded[r:r + T, c:c + T]
+    pads = ((before, T - 1 - before), (before, T - 1 - before), (0, 0))
     mean = X_train.mean(axis=(0, 1, 2), dtype=np.float64)
     std = X_train.std(axis=(0, 1, 2), dtype=np.float64)
-    x = torch.as_tensor(((patch - mean) / std).transpose(2, 0, 1)[None], dtype=torch.float32)
+    if raw_zero_border:
+        padded = (np.pad(image, pads) - mean) / std
+    else:
+        padded = np.pad((image - mean) / std, pads)
+    patch = padded[r:r + T, c:c + T]
+    x = torch.as_tensor(patch.transpose(2, 0, 1)[None], dtype=torch.float32)
     with torch.no_grad():
         return clf.net_.module_.core.eval()(x)[0].numpy()
+
+
+PIXELS = [(0, 0, 0), (0, 3, 2), (1, 6, 5), (1, 2, 5), (0, 6, 0)]  # borders and inside
 
 
 @pytest.mark.parametrize("which, T", [("odd", 3), ("even", 4)])
@@ -75,9 +88,38 @@ def test_heatmap_pixel_is_the_logit_of_the_patch_centred_there(data, which, T, r
     X, _ = data
     maps = class_heatmap(clf, X[:2])
     assert maps.shape == (2, 3, 7, 6)
-    for i, r, c in [(0, 0, 0), (0, 3, 2), (1, 6, 5), (1, 2, 5), (0, 6, 0)]:
+    for i, r, c in PIXELS:
         expected = _logit_of_patch_centred_at(clf, X, X[i], r, c, T)
         _assert_close(maps[i, :, r, c], expected)
+
+
+@pytest.mark.parametrize("which, T", [("odd", 3), ("even", 4)])
+def test_heatmap_pad_value_zero_keeps_the_black_border(data, which, T, request):
+    clf = request.getfixturevalue(which)
+    X, _ = data
+    black = class_heatmap(clf, X[:2], pad_value=0.0)
+    for i, r, c in PIXELS:
+        expected = _logit_of_patch_centred_at(clf, X, X[i], r, c, T, raw_zero_border=True)
+        _assert_close(black[i, :, r, c], expected)
+    # the old default equals patch_logits' own zero padding
+    _assert_close(black, clf.patch_logits(X[:2], stride=1, padding="same"))
+    # the two conventions differ on the border only (the data's mean is far from 0)
+    default = class_heatmap(clf, X[:2])
+    inner = (slice(None), slice(None), slice(T // 2, 7 - T // 2), slice(T // 2, 6 - T // 2))
+    _assert_close(default[inner], black[inner])
+    assert np.abs(default[:, :, 0, 0] - black[:, :, 0, 0]).max() > 1e-3
+    # another constant: the raw image padded with it by hand, then unpadded patches
+    before = (T - 1) // 2
+    pads = ((0, 0), (before, T - 1 - before), (before, T - 1 - before), (0, 0))
+    padded = np.pad(X[:2], pads, constant_values=0.25)
+    by_hand = np.stack([
+        np.stack([_logit_of_patch_centred_at(clf, X, padded[i], r + before, c + before, T,
+                                             raw_zero_border=True)
+                  for r, c in [(0, 0), (6, 5)]])
+        for i in range(2)
+    ])
+    quarter = class_heatmap(clf, X[:2], pad_value=0.25)
+    _assert_close(quarter[:, :, [0, 6], [0, 5]], by_hand.transpose(0, 2, 1))
 
 
 def test_heatmap_class_selection_and_unpadded_grid(odd, data):
@@ -273,6 +315,44 @@ def test_plot_heatmap_draws_image_and_maps(odd, data):
     assert [ax.get_title() for ax in fig.axes] == ["image", "3", "5", "9"]
     with pytest.raises(ValueError, match="heatmaps must be"):
         plot_heatmap(X[0], maps[0])
+
+
+def test_plot_heatmap_reference_style_limits_are_symmetric_percentiles(odd, data):
+    X, _ = data
+    maps = class_heatmap(odd, X[:1])[0]
+    maps[1, 0, 0] = 50.0  # one outlier must not set the scale
+    fig = plot_heatmap(X[0, :, :, 0], maps, style="reference", colorbar=False)
+    for ax, heatmap in zip(fig.axes[1:], maps):
+        shown = ax.images[0]
+        bound = np.percentile(np.abs(heatmap), 99)  # the authors' plot_heatmap
+        np.testing.assert_allclose(shown.get_clim(), (-bound, bound), rtol=1e-12)
+        assert shown.get_cmap().name == "RdBu_r"
+        np.testing.assert_array_equal(shown.get_array(), heatmap)
+    assert fig.axes[2].images[0].get_clim()[1] < 50
+    fig = plot_heatmap(X[0, :, :, 0], maps[:1], style="reference", percentile=50, cmap="PuOr")
+    bound = np.percentile(np.abs(maps[0]), 50)
+    np.testing.assert_allclose(fig.axes[1].images[0].get_clim(), (-bound, bound), rtol=1e-12)
+    assert fig.axes[1].images[0].get_cmap().name == "PuOr"
+    # the default style keeps matplotlib's own limits: the map's minimum and maximum
+    fig = plot_heatmap(X[0, :, :, 0], maps[:1], colorbar=False)
+    np.testing.assert_allclose(fig.axes[1].images[0].get_clim(), (maps[0].min(), maps[0].max()))
+    assert fig.axes[1].images[0].get_cmap().name == "viridis"
+    plt.close("all")
+    with pytest.raises(ValueError, match="style must be"):
+        plot_heatmap(X[0], maps, style="diverging")
+    with pytest.raises(ValueError, match=r"percentile must be a number in \(0, 100\]"):
+        plot_heatmap(X[0], maps, style="reference", percentile=0)
+
+
+def test_heatmap_pad_value_needs_an_skpatch_classifier_for_a_float():
+    y = np.array([0, 1])
+    est = _OneGoodPatch(y)
+    X = np.zeros((2, 1))
+    np.testing.assert_array_equal(class_heatmap(est, X), est.patch_logits(X))
+    with pytest.raises(ValueError, match=r"pad_value=0\.0 needs an skpatch classifier"):
+        class_heatmap(est, X, pad_value=0.0)
+    with pytest.raises(ValueError, match="pad_value"):
+        class_heatmap(est, X, pad_value="black")
 
 
 def test_plot_blackout_plots_the_scores(odd, data):

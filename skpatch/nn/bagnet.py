@@ -363,6 +363,69 @@ class InputAffine(nn.Module):
         return self.net.patch_logits(x * self.scale + self.shift, classes)
 
 
+def _strip_module_prefix(state_dict):
+    """The state dict without the ``module.`` prefix ``DataParallel`` puts on every key."""
+    state = dict(state_dict)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _architecture_from_state_dict(state_dict):
+    """The BagNet a reference-named state dict belongs to, read from its shapes.
+
+    Returns a dict with ``patch_size`` (9, 17 or 33, from how many blocks of
+    each stage have a 3x3 middle conv: ``BAGNET_KERNEL3``), ``kernel3``,
+    ``layers`` (blocks per stage), ``width`` (``conv1`` output channels),
+    ``in_channels`` and ``n_classes`` (``fc`` rows). Raises a ``ValueError``
+    saying what is missing or which layout matches no BagNet.
+    """
+    state = _strip_module_prefix(state_dict)
+    for key in ("conv1.weight", "fc.weight"):
+        if key not in state:
+            raise ValueError(
+                f"has no {key!r} entry, so it is not a BagNet state dict in the "
+                "reference naming (conv1, conv2, bn1, layer1..layer4, fc)"
+            )
+    layers, kernel3 = [], []
+    for stage in range(1, 5):
+        prefix = f"layer{stage}."
+        blocks = sorted(
+            {int(k.split(".")[1]) for k in state
+             if k.startswith(prefix) and k.endswith(".conv2.weight")}
+        )
+        if not blocks or blocks != list(range(len(blocks))):
+            raise ValueError(
+                f"has no consecutive blocks layer{stage}.0, layer{stage}.1, ... with a "
+                "conv2, so it is not a BagNet state dict in the reference naming"
+            )
+        sizes = [tuple(state[f"{prefix}{i}.conv2.weight"].shape[-2:]) for i in blocks]
+        n_kernel3 = sum(size == (3, 3) for size in sizes)
+        if sizes != [(3, 3)] * n_kernel3 + [(1, 1)] * (len(sizes) - n_kernel3):
+            raise ValueError(
+                f"has layer{stage} middle convs of sizes {sizes}; a BagNet has 3x3 ones "
+                "first and 1x1 ones after"
+            )
+        layers.append(len(blocks))
+        kernel3.append(n_kernel3)
+    by_kernel3 = {pattern: size for size, pattern in BAGNET_KERNEL3.items()}
+    if tuple(kernel3) not in by_kernel3:
+        raise ValueError(
+            f"has {tuple(kernel3)} blocks with a 3x3 middle conv per stage, which is "
+            "no BagNet: BagNet-9, -17 and -33 have "
+            + ", ".join(f"{pattern}" for pattern in BAGNET_KERNEL3.values())
+        )
+    conv1 = state["conv1.weight"]
+    return {
+        "patch_size": by_kernel3[tuple(kernel3)],
+        "kernel3": tuple(kernel3),
+        "layers": tuple(layers),
+        "width": int(conv1.shape[0]),
+        "in_channels": int(conv1.shape[1]),
+        "n_classes": int(state["fc.weight"].shape[0]),
+    }
+
+
 def load_reference_weights(model, state_dict, *, reset_fc=False):
     """Load a state dict in the reference naming strictly into ``model``.
 
@@ -380,9 +443,7 @@ def load_reference_weights(model, state_dict, *, reset_fc=False):
     -------
     model : BagNet
     """
-    state = dict(state_dict)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = _strip_module_prefix(state_dict)
     if reset_fc:
         state.update({f"fc.{k}": v for k, v in model.fc.state_dict().items()})
     model.load_state_dict(state, strict=True)

@@ -7,9 +7,15 @@ from ._base import get_axes, import_pyplot
 __all__ = ["plot_blackout", "plot_heatmap"]
 
 
-def plot_heatmap(image, heatmaps, *, class_names=None, cmap="viridis", axes=None,
-                 colorbar=True):
+def plot_heatmap(image, heatmaps, *, class_names=None, cmap=None, axes=None,
+                 colorbar=True, style="sequential", percentile=99):
     """Draw an image beside its class heat maps.
+
+    ``style='reference'`` draws each map as the BagNet authors'
+    ``plot_heatmap`` does: a diverging colormap (``'RdBu_r'``, red for
+    evidence for the class, blue against) with limits symmetric about zero at
+    the ``percentile``-th percentile of the map's absolute values, so that a
+    few extreme patches do not wash out the rest (values beyond are clipped).
 
     Parameters
     ----------
@@ -20,12 +26,22 @@ def plot_heatmap(image, heatmaps, *, class_names=None, cmap="viridis", axes=None
         One map per class, e.g. ``class_heatmap(clf, X[i:i + 1])[0]``.
     class_names : list of str, default=None
         Titles of the maps; default ``'class 0'``, ``'class 1'``, ...
-    cmap : str, default='viridis'
-        Colormap of the heat maps.
+    cmap : str, default=None
+        Colormap of the heat maps; ``None`` gives ``'viridis'`` for
+        ``style='sequential'`` and ``'RdBu_r'`` for ``style='reference'``.
     axes : sequence of K + 1 matplotlib Axes, default=None
         Where to draw; a new one-row figure when ``None``.
     colorbar : bool, default=True
         Add a color bar to each map.
+    style : {'sequential', 'reference'}, default='sequential'
+        ``'sequential'``: each map spans its own minimum to maximum.
+        ``'reference'``: limits ``-v, v`` per map with
+        ``v = np.percentile(np.abs(map), percentile)`` (the authors' style;
+        their edge overlay of the image is not drawn: the image has its own
+        Axes).
+    percentile : float in (0, 100], default=99
+        Percentile of ``|map|`` giving the limits of ``style='reference'``
+        (the authors' default); ignored otherwise.
 
     Returns
     -------
@@ -43,7 +59,19 @@ def plot_heatmap(image, heatmaps, *, class_names=None, cmap="viridis", axes=None
     >>> fig = plot_heatmap(np.zeros((4, 4)), np.ones((2, 4, 4)))
     >>> len(fig.axes) >= 3
     True
+    >>> maps = np.arange(-8.0, 8.0).reshape(1, 4, 4)
+    >>> fig = plot_heatmap(np.zeros((4, 4)), maps, style="reference", percentile=50)
+    >>> fig.axes[1].images[0].get_clim()
+    (-4.0, 4.0)
     """
+    if style not in ("sequential", "reference"):
+        raise ValueError(f"style must be 'sequential' or 'reference', got {style!r}.")
+    if style == "reference" and not (
+        np.isscalar(percentile) and np.isreal(percentile) and 0 < percentile <= 100
+    ):
+        raise ValueError(f"percentile must be a number in (0, 100], got {percentile!r}.")
+    if cmap is None:
+        cmap = "RdBu_r" if style == "reference" else "viridis"
     image = np.asarray(image)
     heatmaps = np.asarray(heatmaps)
     if image.ndim not in (2, 3):
@@ -71,7 +99,11 @@ def plot_heatmap(image, heatmaps, *, class_names=None, cmap="viridis", axes=None
     axes[0].imshow(image, cmap="gray" if image.ndim == 2 else None)
     axes[0].set_title("image")
     for ax, heatmap, name in zip(axes[1:], heatmaps, class_names):
-        shown = ax.imshow(heatmap, cmap=cmap)
+        limits = {}
+        if style == "reference":
+            bound = float(np.percentile(np.abs(heatmap), percentile))
+            limits = {"vmin": -bound, "vmax": bound}
+        shown = ax.imshow(heatmap, cmap=cmap, **limits)
         ax.set_title(str(name))
         if colorbar:
             ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
