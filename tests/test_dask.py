@@ -141,7 +141,8 @@ def test_grid_search_on_the_cluster_equals_n_jobs_1(client, name):
     search, X, y = SEARCHES[name]
     with _like_a_worker():
         serial = clone(search).set_params(n_jobs=1).fit(X, y)
-    with distributed.get_task_stream(client) as stream:
+    # the refit of the best candidate runs here, in this process: on one thread too
+    with distributed.get_task_stream(client) as stream, _like_a_worker():
         with joblib.parallel_config(backend="dask"):
             on_cluster = clone(search).set_params(n_jobs=-1).fit(X, y)
     workers = {task["worker"] for task in stream.data}
