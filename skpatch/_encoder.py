@@ -26,13 +26,13 @@ from sklearn.utils._chunking import get_chunk_n_rows
 from . import _encodings
 from ._pooling import RegionPooling
 from ._thread_limits import limit_this_thread
-from ._whitening import normalize_patches, whiten_patches
+from ._whitening import mirror_dims, normalize_patches, whiten_patches
 from .extraction import _extract_view
 from .utils import _faiss
 from .utils._parallel import effective_n_threads
 from .utils._validation import _to_float
 
-__all__ = ["PatchEncoder", "NearestAtomSearch", "GemmSearch", "FaissSearch"]
+__all__ = ["PatchEncoder", "NearestAtomSearch", "GemmSearch", "FaissSearch", "select_mask"]
 
 # for 2 <= k <= this, faiss's search beats GEMM + selection on CPU (measured:
 # k = 1 is a GEMM + argmax, and from k = 8 the GEMM + partition path wins)
@@ -66,11 +66,11 @@ class NearestAtomSearch:
 
     needs_whitened = False
 
-    def __init__(self, score_weight, score_bias, atom_sq_norms):
-        # -2 q.a - |a|^2 = -(2 q.a - |a|^2) - 2 |a|^2
+    def __init__(self, score_weight, score_bias, negative_offset):
+        # the negated patch scores -(2 q.a - |a|^2) + negative_offset (see GemmSearch)
         self.weights = {
             1.0: (score_weight.contiguous(), score_bias.contiguous()),
-            -1.0: ((-score_weight).contiguous(), (-score_bias - 2.0 * atom_sq_norms).contiguous()),
+            -1.0: ((-score_weight).contiguous(), (negative_offset - score_bias).contiguous()),
         }
 
     def neighbours(self, patches, whitened, signs):
@@ -99,34 +99,43 @@ class NearestAtomSearch:
 
 
 class GemmSearch:
-    """0/1 mask of the k largest scores ``2 s q.a - |a|^2`` of one GEMM per chunk.
+    """0/1 mask of the k largest scores ``2 q'.a - |a|^2`` of one GEMM per chunk.
 
     ``q = (x - mean) W`` is folded into the GEMM on the raw patches; the
-    scores of ``-q`` are derived from those of ``q`` in place, so both signs
-    cost one GEMM. With ``distances`` the scores are turned, in place, into
-    the squared distances ``|s q - a|^2`` (needs the whitened rows).
+    scores of the negated patch ``q' = -q + shift`` are derived from those of
+    ``q`` in place, ``-(2 q.a - |a|^2) + negative_offset``, so both signs cost
+    one GEMM (``shift = 0``, ``offset = -2 |a|^2`` for the centred
+    convention; ``shift = -2 mean W``, ``offset = 2 bias`` for the raw one).
+    With ``distances`` the scores are turned, in place, into the squared
+    distances ``|q' - a|^2`` (needs the whitened rows).
     """
 
-    def __init__(self, score_weight, score_bias, atom_sq_norms, k, *, distances):
+    def __init__(self, score_weight, score_bias, negative_offset, negative_shift, k, *,
+                 distances):
         self.score_weight, self.score_bias = score_weight, score_bias
-        self.atom_sq_norms, self.k, self.distances = atom_sq_norms, k, distances
+        self.negative_offset, self.negative_shift = negative_offset, negative_shift
+        self.k, self.distances = k, distances
         self.needs_whitened = distances
 
     def neighbours(self, patches, whitened, signs):
         positive = torch.addmm(self.score_bias, patches, self.score_weight)
-        if self.distances:
-            sq_norms = (whitened**2).sum(dim=1, keepdim=True)
         for sign in signs:
             if sign > 0:
                 scores = positive if len(signs) == 1 else positive.clone()
             else:
-                scores = positive.neg_().sub_(self.atom_sq_norms, alpha=2.0)
-            mask = _faiss.select_mask(scores, self.k)
+                scores = positive.neg_().add_(self.negative_offset)
+            mask = select_mask(scores, self.k)
             if not self.distances:
                 yield Neighbours(mask=mask)
                 continue
-            scores.neg_().add_(sq_norms)  # in place: now |s q - a|^2
+            rows = whitened if sign > 0 else negated(whitened, self.negative_shift)
+            scores.neg_().add_((rows**2).sum(dim=1, keepdim=True))  # in place: |q' - a|^2
             yield Neighbours(mask=mask, sq_distances=scores)
+
+
+def negated(whitened, shift):
+    """The whitened negated patches: ``-q`` (centred) or ``-q + shift`` (raw, ``shift = -2 mean W``)."""
+    return -whitened if shift is None else shift - whitened
 
 
 class FaissSearch:
@@ -134,12 +143,14 @@ class FaissSearch:
 
     needs_whitened = True
 
-    def __init__(self, index, n_atoms, k, *, dense):
+    def __init__(self, index, n_atoms, k, negative_shift, *, dense):
         self.index, self.n_atoms, self.k, self.dense = index, n_atoms, k, dense
+        self.negative_shift = negative_shift
 
     def neighbours(self, patches, whitened, signs):
         for sign in signs:
-            queries = (sign * whitened).cpu().numpy()
+            rows = whitened if sign > 0 else negated(whitened, self.negative_shift)
+            queries = rows.cpu().numpy()
             sq_dist, idx = _faiss.index_search(self.index, queries, self.k)
             indices = torch.from_numpy(idx).to(whitened.device)
             if not self.dense:
@@ -150,6 +161,11 @@ class FaissSearch:
                 1, indices, torch.from_numpy(sq_dist).to(whitened.device)
             )
             yield Neighbours(mask=mask, sq_distances=sq_distances)
+
+
+def select_mask(scores, k):
+    """0/1 float mask of the ``k`` largest scores of each row (see :func:`_faiss.select_mask`)."""
+    return _faiss.select_mask(scores, k)
 
 
 def search_backend(knn_backend, device, n_neighbors):
@@ -173,9 +189,12 @@ class PatchEncoder:
         With ``flip_invariant`` and 'full': the projection of the mirrored
         whitened rows.
     settings : dict
-        ``patch_size``, ``stride``, ``grid_shape``, ``pooling``, ``encoding``,
-        ``n_neighbors``, ``both_signs``, ``flip_invariant``,
-        ``patch_normalize``, ``power``, ``knn_backend``.
+        ``patch_size``, ``stride``, ``grid_shape``, ``pooling`` (int, tuple
+        ``(size, stride)`` or None), ``encoding``, ``n_neighbors``,
+        ``sign_convention`` (None: one sign; ``'centred'``: the negated
+        whitened patch ``-q``; ``'raw'``: the whitened negated input
+        ``(-x - mean) W``), ``full_input`` (``'whitened'`` or ``'raw'``),
+        ``flip_invariant``, ``patch_normalize``, ``power``, ``knn_backend``.
     device : str
         The torch device to run on (present on this machine).
     index : faiss.Index or None
@@ -187,7 +206,9 @@ class PatchEncoder:
         self.device = device
         self.patch_size, self.stride = settings["patch_size"], settings["stride"]
         self.encoding, self.k = settings["encoding"], settings["n_neighbors"]
-        self.signs = (1.0, -1.0) if settings["both_signs"] else (1.0,)
+        self.sign_convention = settings["sign_convention"]
+        self.signs = (1.0,) if self.sign_convention is None else (1.0, -1.0)
+        self.full_input = settings.get("full_input", "whitened")
         self.patch_normalize = settings["patch_normalize"]
         self.n_atoms, self.n_positions = atoms.shape[0], int(np.prod(settings["grid_shape"]))
         self.pooling = RegionPooling(
@@ -196,28 +217,50 @@ class PatchEncoder:
         )
         self.mean = torch.as_tensor(mean, device=device)
         self.whitening = torch.as_tensor(whitening, device=device)
-        self.projections = [torch.as_tensor(full_projection, device=device)]
-        if mirror_projection is not None:
-            self.projections.append(torch.as_tensor(mirror_projection, device=device))
         self.patch_dim = atoms.shape[1]
+        # raw sign convention: the whitened -x is (-x - mean) W = -q - 2 mean W
+        self.negative_shift = None
+        if self.sign_convention == "raw":
+            self.negative_shift = -2.0 * (self.mean @ self.whitening)
+        if self.full_input == "raw":
+            # the raw patch itself, and its mirror image (a permutation of its entries)
+            channels = self.patch_dim // (self.patch_size[0] * self.patch_size[1])
+            self.raw_mirror = torch.as_tensor(mirror_dims(self.patch_size, channels), device=device)
+            self.projections = None
+        else:
+            self.projections = [torch.as_tensor(full_projection, device=device)]
+            if mirror_projection is not None:
+                self.projections.append(torch.as_tensor(mirror_projection, device=device))
         self.backend = search_backend(settings["knn_backend"], device, self.k)
         self.search = self._make_search(atoms, index)
+
+    @property
+    def per_atom(self):
+        """Values per atom slot: 1, or for 'full' ``r`` (whitened) or the patch dimension (raw)."""
+        if self.encoding != "full":
+            return 1
+        return self.patch_dim if self.projections is None else self.projections[0].shape[1]
 
     def _make_search(self, atoms, index):
         hard = self.encoding == "hard"
         if self.backend == "faiss":
             if index is None:
                 index = _faiss.build_index(atoms, use_gpu=self.device.startswith("cuda"))
-            return FaissSearch(index, self.n_atoms, self.k, dense=not hard)
+            return FaissSearch(index, self.n_atoms, self.k, self.negative_shift, dense=not hard)
         atoms = torch.as_tensor(atoms, device=self.device)
         atom_sq_norms = (atoms**2).sum(dim=1)
         # 2 q.a - |a|^2 with q = (x - mean) W: one GEMM on the raw patches
         score_weight = 2.0 * self.whitening @ atoms.T
         score_bias = -(self.mean @ score_weight) - atom_sq_norms
+        # scores of the negated patch: -(scores of q) + offset
+        if self.negative_shift is None:
+            negative_offset = -2.0 * atom_sq_norms  # 2 (-q).a - |a|^2
+        else:
+            negative_offset = 2.0 * score_bias  # 2 (-x - mean) W a - |a|^2
         if self.k == 1 and hard:
-            return NearestAtomSearch(score_weight, score_bias, atom_sq_norms)
-        return GemmSearch(score_weight, score_bias, atom_sq_norms, self.k,
-                          distances=self.encoding == "triangle")
+            return NearestAtomSearch(score_weight, score_bias, negative_offset)
+        return GemmSearch(score_weight, score_bias, negative_offset, self.negative_shift,
+                          self.k, distances=self.encoding == "triangle")
 
     @property
     def index(self):
@@ -233,15 +276,17 @@ class PatchEncoder:
         patches = patches.to(self.device)
         n_images = images.shape[0]
         whitened = None
-        if self.search.needs_whitened or self.encoding != "hard":
+        if self.search.needs_whitened or self.encoding == "triangle" or (
+            self.encoding == "full" and self.projections is not None
+        ):
             whitened = whiten_patches(patches, self.mean, self.whitening)
         codes = [
-            self._pool(found, sign, whitened, n_images)
+            self._pool(found, sign, patches, whitened, n_images)
             for sign, found in zip(self.signs, self.search.neighbours(patches, whitened, self.signs))
         ]
         return self.pooling.finish(codes)
 
-    def _pool(self, found, sign, whitened, n_images):
+    def _pool(self, found, sign, patches, whitened, n_images):
         """Region sums of one sign's codes, from the neighbours the search found."""
         if found.indices is not None:  # 'hard' only: counts, no dense mask
             return self.pooling.sparse(found.indices, n_images, self.n_atoms)
@@ -249,9 +294,27 @@ class PatchEncoder:
             values = _encodings.triangle_values(found.sq_distances, found.mask, self.k)
             return self.pooling.dense(values, n_images)
         if self.encoding == "full":
-            vectors = [(sign * whitened) @ projection for projection in self.projections]
-            return self.pooling.dense(found.mask, n_images, vectors)
+            return self.pooling.dense(found.mask, n_images, self._full_vectors(patches, sign, whitened))
         return self.pooling.dense(found.mask, n_images)
+
+    def _full_vectors(self, patches, sign, whitened):
+        """The vectors 'full' scatters (and their mirror images with ``flip_invariant``).
+
+        'whitened': the leading components of the encoded whitened patch (``q``
+        or its negation); 'raw': the encoded patch itself, ``x`` or for the
+        negated code ``-x`` ('raw' signs) or ``2 mean - x`` ('centred' signs,
+        whose whitened row is ``-q``).
+        """
+        if self.projections is not None:
+            rows = whitened if sign > 0 else negated(whitened, self.negative_shift)
+            return [rows @ projection for projection in self.projections]
+        rows = patches
+        if sign < 0:
+            rows = -patches if self.sign_convention == "raw" else 2.0 * self.mean - patches
+        vectors = [rows]
+        if self.pooling.flip_invariant:
+            vectors.append(rows[:, self.raw_mirror])
+        return vectors
 
     # ----------------------------------------------------------- all images
     def chunk_size(self, n_images, batch_size):
@@ -268,11 +331,14 @@ class PatchEncoder:
             row_bytes = self.n_positions * (self.patch_dim * 4 + 4 * 8)
             working_memory = 32
         else:
-            per_atom = self.projections[0].shape[1] if self.encoding == "full" else 1
             # keep each (patches x atoms) float32 buffer near 8 MB: below glibc's
             # mmap threshold, so buffers are reused instead of page-faulted anew
-            row_bytes = self.n_positions * self.n_atoms * 4 * per_atom
+            row_bytes = self.n_positions * self.n_atoms * 4 * self.per_atom
             working_memory = 8
+        # the pooled codes of an image (and their integer counts, or the
+        # products 'full' sums) also live in the chunk: per-location maps are large
+        n_pooled = len(self.signs) * self.pooling.n_regions * self.n_atoms * self.per_atom
+        row_bytes = max(row_bytes, 3 * 4 * n_pooled)
         return get_chunk_n_rows(
             row_bytes=row_bytes, max_n_rows=n_images, working_memory=working_memory
         )
@@ -319,8 +385,7 @@ class PatchEncoder:
         """``n_signs * R * Q`` (``Q / 2`` with ``flip_invariant``), times ``r`` for 'full'."""
         n_signs = len(self.signs)
         n_kept = self.n_atoms // 2 if self.pooling.flip_invariant else self.n_atoms
-        per_atom = self.projections[0].shape[1] if self.encoding == "full" else 1
-        return n_signs * self.pooling.n_regions * n_kept * per_atom
+        return n_signs * self.pooling.n_regions * n_kept * self.per_atom
 
     @staticmethod
     def _report(log, batch, n_images, start):

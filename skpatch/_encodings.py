@@ -27,7 +27,7 @@ def encode_hard(mask, n_images, pool):
         row-major positions).
     n_images : int
     pool : torch.Tensor of shape (R, P)
-        From :func:`skpatch._pooling.pool_matrix`.
+        0/1 matrix summing the positions of each pooled cell (``RegionPooling``).
 
     Returns
     -------
@@ -39,26 +39,30 @@ def encode_hard(mask, n_images, pool):
     return torch.matmul(pool, mask.reshape(n_images, n_positions, -1))
 
 
-def encode_hard_sparse(indices, n_images, region, n_regions, n_atoms):
+def encode_hard_sparse(indices, n_images, positions, cells, n_positions, n_regions, n_atoms):
     """:func:`encode_hard` from neighbour indices, without a dense mask (for small k).
 
     Parameters
     ----------
     indices : torch.Tensor of shape (n_images * P, k), int64
     n_images : int
-    region : torch.Tensor of shape (P,), int64
+    positions, cells : torch.Tensor of shape (M,), int64
+        Position ``positions[i]`` is summed into cell ``cells[i]`` (a position
+        may belong to several cells: overlapping windows).
+    n_positions : int
+        ``P``, the patch positions per image.
     n_regions : int
     n_atoms : int
 
     Returns
     -------
     counts : torch.Tensor of shape (n_images, R, Q), float32
-        Per-region counts; divide by the region sizes for the mean.
+        Per-cell counts; divide by the cell sizes for the mean.
     """
-    n_positions = region.shape[0]
-    image = torch.arange(n_images, device=indices.device).repeat_interleave(n_positions)
-    base = (image * n_regions + region.repeat(n_images)) * n_atoms
-    slots = (base[:, None] + indices).reshape(-1)
+    image = torch.arange(n_images, device=indices.device)[:, None]
+    rows = (image * n_positions + positions[None, :]).reshape(-1)
+    base = ((image * n_regions + cells[None, :]) * n_atoms).reshape(-1)
+    slots = (base[:, None] + indices[rows]).reshape(-1)
     # integer counts: exact and independent of summation order
     counts = torch.bincount(slots, minlength=n_images * n_regions * n_atoms)
     return counts.to(torch.float32).reshape(n_images, n_regions, n_atoms)
@@ -113,7 +117,7 @@ def encode_full(reduced, mask, n_images, pool):
     pooled : torch.Tensor of shape (n_images, R, Q, r), float32
     """
     n_regions, n_positions = pool.shape
-    n_components = reduced.shape[1]
+    n_components = reduced.shape[-1]
     # (b, R, P, r): each region's 0/1 weights times the patch vectors
     weighted = pool[None, :, :, None] * reduced.reshape(n_images, 1, n_positions, n_components)
     selected = mask.reshape(n_images, n_positions, -1).transpose(1, 2)[:, None]

@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "Whitening",
+    "whitening_scale",
     "fit_whitening",
     "whiten_patches",
     "normalize_patches",
@@ -46,7 +47,21 @@ def whiten_patches(patches, mean, whitening):
     return (patches - mean) @ whitening
 
 
-def fit_whitening(patches, *, whiten, whiten_reg, n_full_components, patch_normalize):
+def whitening_scale(eigenvalues, whiten_reg, whiten_form="inside_sqrt"):
+    """The whitening's scale of each eigendirection.
+
+    ``'inside_sqrt'``: ``1 / sqrt(lambda + whiten_reg)`` (Thiry et al.'s code;
+    a whitened variance ``lambda / (lambda + whiten_reg)``);
+    ``'outside_sqrt'``: ``1 / (sqrt(lambda) + whiten_reg)`` (Brutzkus et al.'s
+    code; a whitened variance ``lambda / (sqrt(lambda) + whiten_reg)**2``).
+    """
+    if whiten_form == "outside_sqrt":
+        return 1.0 / (np.sqrt(eigenvalues) + whiten_reg)
+    return 1.0 / np.sqrt(eigenvalues + whiten_reg)
+
+
+def fit_whitening(patches, *, whiten, whiten_reg, n_full_components, patch_normalize,
+                  whiten_form="inside_sqrt"):
     """Fit the mean, the whitening matrix and the 'full' projection on patch rows.
 
     Parameters
@@ -54,14 +69,16 @@ def fit_whitening(patches, *, whiten, whiten_reg, n_full_components, patch_norma
     patches : ndarray of shape (m, d), float32
         Sampled (and normalized) patch rows.
     whiten : {'zca', 'pca'} or None
-        ``'zca'``: ``W = U diag(1 / sqrt(lambda + whiten_reg)) U^T``;
-        ``'pca'``: ``W = U diag(1 / sqrt(lambda + whiten_reg))``; None: ``W = I``.
+        ``'zca'``: ``W = U diag(s) U^T``; ``'pca'``: ``W = U diag(s)``; None:
+        ``W = I``; ``s`` from :func:`whitening_scale`.
     whiten_reg : float
-        Added to the covariance eigenvalues; 0 needs a full-rank covariance.
+        The regularizer of :func:`whitening_scale`; 0 needs a full-rank covariance.
     n_full_components : int
         Columns of the projection of a whitened row onto its leading PCA components.
     patch_normalize : bool
         Only named in the error raised for a singular covariance.
+    whiten_form : {'inside_sqrt', 'outside_sqrt'}, default='inside_sqrt'
+        Where ``whiten_reg`` enters the scale (:func:`whitening_scale`).
 
     Returns
     -------
@@ -82,7 +99,7 @@ def fit_whitening(patches, *, whiten, whiten_reg, n_full_components, patch_norma
     else:
         if whiten_reg == 0:
             _check_full_rank(eigenvalues, whiten, patch_normalize)
-        scale = 1.0 / np.sqrt(eigenvalues + whiten_reg)
+        scale = whitening_scale(eigenvalues, whiten_reg, whiten_form)
         if whiten == "zca":
             whitening = (eigenvectors * scale) @ eigenvectors.T
             full_projection = eigenvectors
@@ -114,7 +131,8 @@ def _check_full_rank(eigenvalues, whiten, patch_normalize):
             f"whiten_reg=0 cannot whiten these patches: {n_zero} of the "
             f"{eigenvalues.size} eigenvalues of the patch covariance are zero "
             f"(to float precision; {reason}), and whiten={whiten!r} "
-            "divides by sqrt(eigenvalue + whiten_reg). Pass whiten_reg > 0 "
+            "divides by sqrt(eigenvalue + whiten_reg) (or sqrt(eigenvalue) + "
+            "whiten_reg with whiten_form='outside_sqrt'). Pass whiten_reg > 0 "
             "(default 1e-3) or whiten=None."
         )
 

@@ -23,6 +23,7 @@ from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from . import _whitening
 from ._dask import is_dask_array, map_row_blocks
+from ._pooling import pooling_layout
 from .extraction import _extract_view
 from .utils._device import check_device_param, resolve_device, runtime_device
 from .utils._grid import patch_grid_shape
@@ -48,14 +49,47 @@ def _gather_patches(images, patch_size, stride, chosen):
     return view[image, row, col]
 
 
+# one output row above 128 MB (float32) is refused: a clear error, not an allocation failure
+_MAX_FEATURES_PER_IMAGE = 2**25
+
+
+def _check_pooling(pooling, grid):
+    """``pooling`` resolved: an int, a tuple ``(size, stride)`` of ints, or None."""
+    if pooling is None:
+        return None
+    if isinstance(pooling, (tuple, list)):
+        if len(pooling) != 2 or not all(
+            isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in pooling
+        ):
+            raise ValueError(
+                f"pooling={pooling!r} must be an int (regions per side), a pair "
+                "(window size, window stride) of positive ints, or None (no pooling)."
+            )
+        size, stride = int(pooling[0]), int(pooling[1])
+        if size > min(grid):
+            raise ValueError(
+                f"pooling={pooling!r}: the {size} x {size} window is larger than the "
+                f"{grid[0]} x {grid[1]} patch grid; the window size must be <= {min(grid)}."
+            )
+        return (size, stride)
+    if pooling > min(grid):
+        raise ValueError(
+            f"pooling={pooling} regions per side but the patch grid is "
+            f"only {grid[0]} x {grid[1]}; pooling must be <= {min(grid)}."
+        )
+    return int(pooling)
+
+
 class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     """Embed images by the nearest dictionary atoms of their whitened patches.
 
     ``fit`` samples patches without replacement, fits the whitening, builds a
     dictionary of ``n_atoms`` atoms in the whitened space and an exact L2
     faiss index. ``transform`` finds the ``k`` nearest atoms of every patch
-    (stride ``stride``), encodes each patch, averages the codes over a
-    ``pooling x pooling`` grid of regions and flattens, one row per image.
+    (stride ``stride``), encodes each patch, averages the codes over the cells
+    of ``pooling`` (a ``pooling x pooling`` grid of regions, overlapping
+    windows, or none) and flattens, one row per image; ``transform_maps``
+    gives the same codes as a map over the pooled grid.
 
     Parameters
     ----------
@@ -65,45 +99,85 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         Step between encoded patches (fitting samples from the same grid).
     n_atoms : int, default=1024
         Dictionary size ``Q``.
-    dictionary : {'kmeans', 'data', 'gaussian'}, default='kmeans'
+    dictionary : {'kmeans', 'data', 'gaussian', 'standard_normal'}, default='kmeans'
         ``'kmeans'``: faiss k-means centroids of the whitened sampled patches
         (seeded); ``'data'``: whitened sampled patches drawn without
-        replacement (Thiry et al.); ``'gaussian'``: standard normal atoms,
-        which match the whitened patches' identity covariance.
+        replacement (Thiry et al.); ``'gaussian'``: Brutzkus et al.'s "random
+        patches" baseline, the k-means centroids of as many standard normal
+        noise patches as were sampled from the data, whitened by the noise's
+        own mean and covariance (same ``whiten``, ``whiten_reg`` and
+        ``whiten_form``); ``'standard_normal'``: standard normal atoms (what
+        ``'gaussian'`` was before; their norm is about ``sqrt(d)``, larger
+        than that of the whitened patches, whose covariance has eigenvalues
+        ``lambda / (lambda + whiten_reg)`` below 1).
     n_neighbors : int or float, default=0.25
         Number ``k`` of nearest atoms per patch; a float in (0, 1] is a
         fraction of ``n_atoms`` (rounded, at least 1).
     encoding : {'hard', 'full', 'triangle'}, default='hard'
         ``'hard'``: 1 for each of the k nearest atoms, 0 elsewhere
-        (Phi_hard); ``'full'``: the patch's ``n_full_components`` leading
-        whitened components written into the slots of its k nearest atoms
-        (Phi_full); ``'triangle'``: ``max(0, mean_j d_j - d_a)`` for each of
+        (Phi_hard); ``'full'``: a vector of the patch written into the slots
+        of its k nearest atoms, zeros elsewhere (Phi_full; see
+        ``full_input``); ``'triangle'``: ``max(0, mean_j d_j - d_a)`` for each of
         the k nearest atoms ``a`` with ``d`` the Euclidean distances to these
         k atoms (Coates et al. with ``k = n_atoms``).
-    both_signs : bool, default=False
-        Also encode the negated whitened patch and concatenate both codes
-        (Thiry et al.). Costs no second GEMM.
+    both_signs : bool or {'centred', 'raw'}, default=False
+        Also encode a negated patch and concatenate both codes (Thiry et
+        al.); costs no second GEMM. ``True`` or ``'centred'``: the negated
+        whitened patch ``-q = -(x - mean) W``; ``'raw'``: the whitened
+        negated input ``(-x - mean) W = -q - 2 mean W``, as Thiry et al.'s
+        code does (a convolution on the raw input, no centring), which gives
+        other codes for -x wherever ``mean W`` is not negligible.
     whiten : {'zca', 'pca'} or None, default='zca'
-        ``'zca'``: ``W = U diag(1 / sqrt(lambda + whiten_reg)) U^T``;
-        ``'pca'``: ``W = U diag(1 / sqrt(lambda + whiten_reg))`` (rotated
-        coordinates: same distances, hence the same neighbours as ZCA);
-        None: only the mean patch is subtracted.
+        ``'zca'``: ``W = U diag(s) U^T``; ``'pca'``: ``W = U diag(s)``
+        (rotated coordinates: same distances, hence the same neighbours as
+        ZCA); None: only the mean patch is subtracted. ``s`` per
+        ``whiten_form``.
     whiten_reg : float, default=1e-3
-        Added to the covariance eigenvalues (Thiry et al.'s ``eps``), in the
-        units of the pixel values squared (uint8 images are scaled to [0, 1]).
+        The whitening's regularizer ``eps``, for pixel values as given
+        (uint8 images are scaled to [0, 1]): squared pixel units with
+        ``whiten_form='inside_sqrt'``, pixel units with ``'outside_sqrt'``.
         0 needs a full-rank patch covariance: ``fit`` raises a ValueError
         when an eigenvalue is zero to float precision (constant images,
         ``patch_normalize=True``).
+    whiten_form : {'inside_sqrt', 'outside_sqrt'}, default='inside_sqrt'
+        ``'inside_sqrt'``: ``s = 1 / sqrt(lambda + whiten_reg)`` (Thiry et
+        al.), whitened variances ``lambda / (lambda + whiten_reg)``;
+        ``'outside_sqrt'``: ``s = 1 / (sqrt(lambda) + whiten_reg)`` (Brutzkus
+        et al.'s code), whitened variances
+        ``lambda / (sqrt(lambda) + whiten_reg)**2``. No ``whiten_reg`` of one
+        form gives the other's for all eigenvalues.
     n_full_components : int, default=8
-        Leading whitened (PCA) components kept per patch by ``'full'``.
+        Leading whitened (PCA) components kept per patch by ``'full'`` with
+        ``full_input='whitened'``.
+    full_input : {'whitened', 'raw'}, default='whitened'
+        What ``'full'`` writes into the atom slots. ``'whitened'``: the
+        ``n_full_components`` leading PCA components of the encoded whitened
+        patch, ``q U[:, :r]`` for ZCA and ``q[:, :r]`` for PCA, where
+        ``q = (x - mean) W``: this is Brutzkus et al.'s scatter of ``x W``
+        minus an offset, the hard code times ``mean W`` (on those
+        components). ``'raw'``: the encoded patch itself, all
+        ``ph * pw * C`` values, as given to ``transform`` (after uint8
+        scaling and ``patch_normalize``; no centring, no whitening), which is
+        Brutzkus et al.'s Phi_full; the negated code of ``both_signs``
+        scatters the negated input, ``-x`` ('raw') or ``2 mean - x``
+        ('centred'). Costs ``n_atoms * ph * pw * C`` values per pooled cell.
     patch_normalize : bool, default=False
         Subtract each patch's mean and divide by ``sqrt(var + 10 / 255**2)``
         before whitening (Coates et al.'s normalization for [0, 1] pixels).
-    pooling : int, default=2
-        Average the codes over ``pooling x pooling`` regions of the patch grid
-        (1 = global average). Mean rather than sum: a sum is the mean times
-        the region size, which a following ``StandardScaler`` removes, but the
-        mean keeps features comparable when regions differ in size.
+    pooling : int, tuple (size, stride) or None, default=2
+        An int: average the codes over ``pooling x pooling`` disjoint regions
+        of near-equal size of the patch grid (1 = global average). A pair
+        ``(size, stride)``: average over ``size x size`` windows at
+        ``stride``, in ceil mode, exactly
+        ``torch.nn.functional.avg_pool2d(kernel_size=size, stride=stride,
+        ceil_mode=True)`` on the per-location code map (no padding, so a
+        window cut short by the grid's end averages the positions it covers,
+        torch's divisor there); Thiry et al. use ``(5, 3)``. None: no
+        pooling, the code of every patch position. Mean rather than sum: a
+        sum is the mean times the region size, which a following
+        ``StandardScaler`` removes, but the mean keeps features comparable
+        when regions differ in size. An output of more than 2**25 features
+        per image is refused at ``fit``.
     power : float, default=1.0
         Raise the pooled features to this power, keeping their sign (0.5 is
         the signed square root, the "power normalization" of Perronnin et
@@ -175,9 +249,13 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         The resolved ``k``.
     patch_grid_shape_ : tuple (gh, gw)
         Patch positions per image.
+    pooled_grid_shape_ : tuple (oh, ow)
+        Cells of the pooled grid: ``(pooling, pooling)``, the windows of
+        ``(size, stride)``, or ``patch_grid_shape_`` for ``pooling=None``.
     n_features_out_ : int
-        ``(2 if both_signs else 1) * pooling**2 * n_atoms``, times
-        ``n_full_components`` for ``'full'``, halved by ``flip_invariant``.
+        ``(2 if both_signs else 1) * oh * ow * n_atoms``, times
+        ``n_full_components`` (or ``ph * pw * C`` with ``full_input='raw'``)
+        for ``'full'``, halved by ``flip_invariant``.
     mirror_atoms_ : ndarray of shape (n_atoms,), int64
         Only with ``flip_invariant``: the index of each atom's mirror image.
     image_shape_ : tuple (H, W, C)
@@ -195,8 +273,11 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     One preprocessing (scaling, patch normalization, centring, whitening)
     serves both the dictionary and the encoding. The output layout is
     ``(sign, region_row, region_col, atom[, component])`` flattened in that
-    order, float32. The nearest atoms come from a GEMM, so neighbours that
-    are exactly tied may differ between backends and devices.
+    order, float32, with regions the cells of the pooled grid (patch positions
+    for ``pooling=None``); ``transform_maps`` returns them as
+    ``(n, oh, ow, (sign, atom[, component]))``. The nearest atoms come from a
+    GEMM, so neighbours that are exactly tied may differ between backends and
+    devices.
 
     The fitted state is numpy arrays. What runs them (the device tensors,
     the chosen search and the faiss index) is a private engine,
@@ -232,18 +313,20 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list],
         "stride": [Interval(Integral, 1, None, closed="left"), tuple, list],
         "n_atoms": [Interval(Integral, 1, None, closed="left")],
-        "dictionary": [StrOptions({"kmeans", "data", "gaussian"})],
+        "dictionary": [StrOptions({"kmeans", "data", "gaussian", "standard_normal"})],
         "n_neighbors": [
             Interval(Integral, 1, None, closed="left"),
             Interval(Real, 0, 1, closed="right"),
         ],
         "encoding": [StrOptions({"hard", "full", "triangle"})],
-        "both_signs": ["boolean"],
+        "both_signs": ["boolean", StrOptions({"centred", "raw"})],
         "whiten": [StrOptions({"zca", "pca"}), None],
         "whiten_reg": [Interval(Real, 0, None, closed="left")],
+        "whiten_form": [StrOptions({"inside_sqrt", "outside_sqrt"})],
         "n_full_components": [Interval(Integral, 1, None, closed="left")],
+        "full_input": [StrOptions({"whitened", "raw"})],
         "patch_normalize": ["boolean"],
-        "pooling": [Interval(Integral, 1, None, closed="left")],
+        "pooling": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "power": [Interval(Real, 0, None, closed="neither")],
         "flip_invariant": ["boolean"],
         "n_patches_fit": [Interval(Integral, 1, None, closed="left")],
@@ -268,7 +351,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         both_signs=False,
         whiten="zca",
         whiten_reg=1e-3,
+        whiten_form="inside_sqrt",
         n_full_components=8,
+        full_input="whitened",
         patch_normalize=False,
         pooling=2,
         power=1.0,
@@ -291,7 +376,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self.both_signs = both_signs
         self.whiten = whiten
         self.whiten_reg = whiten_reg
+        self.whiten_form = whiten_form
         self.n_full_components = n_full_components
+        self.full_input = full_input
         self.patch_normalize = patch_normalize
         self.pooling = pooling
         self.power = power
@@ -339,11 +426,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 f"multiple of the horizontal stride {self._stride[1]}; change "
                 "stride or patch_size."
             )
-        if self.pooling > min(grid):
-            raise ValueError(
-                f"pooling={self.pooling} regions per side but the patch grid is "
-                f"only {grid[0]} x {grid[1]}; pooling must be <= {min(grid)}."
-            )
+        self._pooling = _check_pooling(self.pooling, grid)
         n_total = images.shape[0] * grid[0] * grid[1]
         self._n_sampled = min(int(self.n_patches_fit), n_total)
         if self.flip_invariant and self.n_atoms % 2:
@@ -352,7 +435,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 "(n_atoms / 2 atoms and their mirror images)."
             )
         n_base = self.n_atoms // 2 if self.flip_invariant else self.n_atoms
-        if self.dictionary != "gaussian" and n_base > self._n_sampled:
+        if self.dictionary != "standard_normal" and n_base > self._n_sampled:
             what = (
                 f"n_atoms / 2 = {n_base} (flip_invariant=True)"
                 if self.flip_invariant
@@ -377,13 +460,42 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 f"k <= {k_max}."
             )
         patch_dim = self._patch_size[0] * self._patch_size[1] * channels
-        if self.encoding == "full" and self.n_full_components > patch_dim:
+        raw_full = self.full_input == "raw"
+        if self.encoding == "full" and not raw_full and self.n_full_components > patch_dim:
             raise ValueError(
                 f"n_full_components={self.n_full_components} exceeds the patch "
                 f"dimension ph * pw * C = {patch_dim}."
             )
         self._grid = grid
+        self._per_atom = 1
+        if self.encoding == "full":
+            self._per_atom = patch_dim if raw_full else int(self.n_full_components)
+        n_cells = int(np.prod(pooling_layout(grid, self._pooling).shape))
+        n_kept = self.n_atoms // 2 if self.flip_invariant else self.n_atoms
+        n_signs = 1 if self._sign_convention() is None else 2
+        n_features = n_signs * n_cells * n_kept * self._per_atom
+        if n_features > _MAX_FEATURES_PER_IMAGE:
+            per_atom = ""
+            if self.encoding == "full":
+                per_atom = (f" x {patch_dim} values per atom (encoding='full', "
+                            f"full_input={self.full_input!r})" if raw_full else
+                            f" x n_full_components={self.n_full_components}")
+            raise ValueError(
+                f"the output would hold {n_features} features per image "
+                f"({n_features * 4 / 2**20:.0f} MB): {n_signs} sign(s) x {n_cells} pooled "
+                f"cells (pooling={self.pooling!r} on a {grid[0]} x {grid[1]} patch grid) x "
+                f"{n_kept} atoms{per_atom}, above the {_MAX_FEATURES_PER_IMAGE} features "
+                "per image allowed; pool more coarsely, lower n_atoms"
+                + (" or use full_input='whitened' with a few n_full_components."
+                   if raw_full and self.encoding == "full" else ".")
+            )
         return k
+
+    def _sign_convention(self):
+        """None (one sign), 'centred' (``both_signs=True``) or 'raw'."""
+        if isinstance(self.both_signs, str):
+            return self.both_signs
+        return "centred" if self.both_signs else None
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -445,8 +557,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         # a flip-symmetric mean and covariance: the whitening commutes with the mirror
         sample = np.concatenate([patches, patches[:, mirror_dims]]) if self.flip_invariant else patches
         fitted = _whitening.fit_whitening(
-            sample, whiten=self.whiten, whiten_reg=self.whiten_reg,
-            n_full_components=self.n_full_components, patch_normalize=self.patch_normalize,
+            sample, whiten=self.whiten, whiten_reg=self.whiten_reg, whiten_form=self.whiten_form,
+            n_full_components=self._full_components(sample.shape[1]),
+            patch_normalize=self.patch_normalize,
         )
         self.mean_, self.whitening_ = fitted.mean, fitted.whitening
         self.explained_variance_ = fitted.explained_variance
@@ -463,6 +576,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         elif self.dictionary == "data":
             chosen = random_state.choice(whitened.shape[0], n_atoms, replace=False)
             atoms = whitened[np.sort(chosen)]
+        elif self.dictionary == "gaussian":
+            atoms = self._gaussian_atoms(whitened.shape, n_atoms, random_state, use_gpu)
         else:
             atoms = random_state.standard_normal((n_atoms, whitened.shape[1]))
         if self.flip_invariant:
@@ -476,12 +591,39 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
 
         self.n_neighbors_ = k
         self.patch_grid_shape_ = self._grid
-        n_signs = 2 if self.both_signs else 1
-        per_atom = self.n_full_components if self.encoding == "full" else 1
+        self.pooled_grid_shape_ = pooling_layout(self._grid, self._pooling).shape
+        n_signs = 1 if self._sign_convention() is None else 2
         kept = n_atoms // 2 if self.flip_invariant else n_atoms
-        self.n_features_out_ = n_signs * self.pooling**2 * kept * per_atom
+        self.n_features_out_ = (n_signs * int(np.prod(self.pooled_grid_shape_)) * kept
+                                * self._per_atom)
         self._get_encoder()  # built now: transform leaves the estimator as it is
         return self
+
+    def _full_components(self, patch_dim):
+        """Columns of the whitened 'full' projection (all of them for ``full_input='raw'``, unused)."""
+        return patch_dim if self.full_input == "raw" else int(self.n_full_components)
+
+    def _gaussian_atoms(self, shape, n_atoms, random_state, use_gpu):
+        """Brutzkus et al.'s random-patches dictionary: k-means of whitened Gaussian noise.
+
+        As many standard normal patches as were sampled from the data, whitened
+        by their own mean and covariance (the same ``whiten``, ``whiten_reg`` and
+        ``whiten_form``), then clustered by faiss k-means into ``n_atoms``
+        centroids; these are the atoms, in the data's whitened space.
+        """
+        from .utils import _faiss
+
+        rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+        noise = rng.standard_normal(shape, dtype=np.float32)
+        own = _whitening.fit_whitening(
+            noise, whiten=self.whiten, whiten_reg=self.whiten_reg, whiten_form=self.whiten_form,
+            n_full_components=1, patch_normalize=False,
+        )
+        whitened_noise = _whitening.whiten_patches(noise, own.mean, own.whitening)
+        return _faiss.faiss_kmeans(
+            whitened_noise, n_atoms, seed=random_state.randint(np.iinfo(np.int32).max),
+            use_gpu=use_gpu,
+        )
 
     def _whitened_mirror(self):
         """``M`` with ``mirror(x) -> q M`` for whitened rows (see ``_whitening.whitened_mirror``)."""
@@ -539,7 +681,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
 
             device = runtime_device(self.device_, type(self).__name__)
             mirror_projection = None
-            if self.flip_invariant:
+            if self.flip_invariant and self.full_input == "whitened":
                 projection = self._whitened_mirror() @ self._full_projection.astype(np.float64)
                 mirror_projection = projection.astype(np.float32)
             index = getattr(self, "index_", None)
@@ -547,9 +689,10 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 index = None
             settings = dict(
                 patch_size=self._patch_size, stride=self._stride,
-                grid_shape=self.patch_grid_shape_, pooling=self.pooling,
+                grid_shape=self.patch_grid_shape_, pooling=self._pooling,
                 encoding=self.encoding, n_neighbors=self.n_neighbors_,
-                both_signs=self.both_signs, flip_invariant=self.flip_invariant,
+                sign_convention=self._sign_convention(), full_input=self.full_input,
+                flip_invariant=self.flip_invariant,
                 patch_normalize=self.patch_normalize, power=self.power,
                 knn_backend=self.knn_backend,
             )
@@ -586,15 +729,41 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         _check_feature_names_in(self, input_features, generate_names=False)
         prefix = type(self).__name__.lower()
-        signs = ["pos", "neg"] if self.both_signs else ["pos"]
-        regions = [f"r{i}_{j}" for i in range(self.pooling) for j in range(self.pooling)]
+        signs = ["pos", "neg"] if self._sign_convention() is not None else ["pos"]
+        oh, ow = self.pooled_grid_shape_
+        regions = [f"r{i}_{j}" for i in range(oh) for j in range(ow)]
         n_kept = self.atoms_.shape[0] // 2 if self.flip_invariant else self.atoms_.shape[0]
         atoms = [f"a{a}" for a in range(n_kept)]
         names = [f"{prefix}_{s}_{r}_{a}" for s in signs for r in regions for a in atoms]
         if self.encoding == "full":
-            comps = [f"c{c}" for c in range(self.n_full_components)]
+            comps = [f"c{c}" for c in range(self._per_atom)]
             names = [f"{n}_{c}" for n in names for c in comps]
         return np.asarray(names, dtype=object)
+
+    def transform_maps(self, X):
+        """The codes of each image as a map over the pooled grid.
+
+        ``transform(X)`` rearranged: with ``pooling=None`` one code vector per
+        patch position, the per-location code map on which the published
+        convolutional heads are built (Thiry et al.; Brutzkus et al.).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, H, W), (n, H, W, C) or (n, H*W*C)
+            Images of the shape seen in ``fit``.
+
+        Returns
+        -------
+        maps : ndarray of shape (n, oh, ow, n_codes), float32
+            ``(oh, ow) = pooled_grid_shape_``; the codes of a cell in the
+            order ``(sign, atom[, component])``, so that
+            ``maps[:, i, j]`` holds the features named ``*_r{i}_{j}_*``.
+        """
+        features = self.transform(X)
+        oh, ow = self.pooled_grid_shape_
+        n_signs = 1 if self._sign_convention() is None else 2
+        maps = features.reshape(features.shape[0], n_signs, oh, ow, -1)
+        return maps.transpose(0, 2, 3, 1, 4).reshape(features.shape[0], oh, ow, -1)
 
     def __getstate__(self):
         state = super().__getstate__()
