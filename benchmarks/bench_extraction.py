@@ -70,7 +70,7 @@ def main():
         f"{len(small)}), stride 1, best of {args.repeats}; numpy {np.__version__}, "
         f"scikit-learn {sklearn.__version__}, {platform.processor() or platform.machine()}"
     )
-    header = f"{'patch':>5}  {'method':<34} {'images':>6} {'seconds':>8} {'Mpatches/s':>11} {'vs sklearn':>10}"
+    header = f"{'patch':>5}  {'method':<36} {'images':>6} {'seconds':>8} {'Mpatches/s':>11} {'vs sklearn':>10}"
     print(header)
     print("-" * len(header))
     results = {}
@@ -101,7 +101,7 @@ def main():
         for name, count, _ in rows:
             seconds, rate = results[(patch, name)]
             print(
-                f"{patch:>5}  {name:<34} {count:>6} {seconds:>8.3f} {rate / 1e6:>11.2f} "
+                f"{patch:>5}  {name:<36} {count:>6} {seconds:>8.3f} {rate / 1e6:>11.2f} "
                 f"{rate / sk_rate:>9.1f}x"
             )
         del source
@@ -129,7 +129,7 @@ def bench_max_patches(images, small, args):
     m = args.max_patches
     print()
     print(f"max_patches={m} per image, seeded, best of {args.repeats}")
-    header = f"{'patch':>5}  {'method':<40} {'images':>6} {'seconds':>8} {'Mpatches/s':>11} {'vs sklearn':>10}"
+    header = f"{'patch':>5}  {'method':<42} {'images':>6} {'seconds':>8} {'Mpatches/s':>11} {'vs sklearn':>10}"
     print(header)
     print("-" * len(header))
     speedups = {}
@@ -150,7 +150,7 @@ def bench_max_patches(images, small, args):
         for name, count, _ in rows:
             seconds, rate = rates[name]
             print(
-                f"{patch:>5}  {name:<40} {count:>6} {seconds:>8.3f} {rate / 1e6:>11.2f} "
+                f"{patch:>5}  {name:<42} {count:>6} {seconds:>8.3f} {rate / 1e6:>11.2f} "
                 f"{rate / sk_rate:>9.1f}x"
             )
         speedups[patch] = rates["skpatch PatchExtractor(flatten=True)"][1] / sk_rate
