@@ -339,6 +339,8 @@ class PatchEncoder:
         # products 'full' sums) also live in the chunk: per-location maps are large
         n_pooled = len(self.signs) * self.pooling.n_regions * self.n_atoms * self.per_atom
         row_bytes = max(row_bytes, 3 * 4 * n_pooled)
+        # one image per chunk when an image alone exceeds the budget (no warning)
+        working_memory = max(working_memory, -(-row_bytes // 2**20))
         return get_chunk_n_rows(
             row_bytes=row_bytes, max_n_rows=n_images, working_memory=working_memory
         )
