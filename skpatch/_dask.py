@@ -42,11 +42,11 @@ def is_dask_array(X):
     return da is not None and isinstance(X, da.Array)
 
 
-def _apply(estimator, method, block):
-    return getattr(estimator, method)(block)
+def _apply(estimator, method, block, *args):
+    return getattr(estimator, method)(block, *args)
 
 
-def map_row_blocks(estimator, method, X):
+def map_row_blocks(estimator, method, X, block_args=None):
     """``estimator.<method>`` applied to each row chunk of the dask array ``X``.
 
     Returns a dask array with the row chunks of ``X``; nothing is computed
@@ -57,6 +57,9 @@ def map_row_blocks(estimator, method, X):
 
     The estimator is one node of the graph: on a distributed cluster it is
     sent (pickled, without its engine) once to each worker that needs it.
+    ``block_args(start, stop)``, when given, returns extra arguments of
+    ``method`` for the rows ``start:stop`` (e.g. the random patch positions
+    drawn for all rows at once, so that blocks do not repeat one draw).
     """
     da = import_dask_array()
     import dask
@@ -64,21 +67,20 @@ def map_row_blocks(estimator, method, X):
     X = _whole_rows(X)
     with warnings.catch_warnings():  # a black image is no evidence of a scale trap
         warnings.simplefilter("ignore")
-        probe = getattr(estimator, method)(np.zeros((1,) + X.shape[1:], dtype=X.dtype))
+        extra = () if block_args is None else block_args(0, 1)
+        probe = getattr(estimator, method)(np.zeros((1,) + X.shape[1:], dtype=X.dtype), *extra)
     probe = np.asarray(probe)
     tail, dtype = probe.shape[1:], probe.dtype
     token = uuid.uuid4().hex
     shared = dask.delayed(estimator, name=f"{type(estimator).__name__}-{token}")
     apply = dask.delayed(_apply, pure=True)
     blocks = X.to_delayed().ravel()
-    pieces = [
-        da.from_delayed(
-            apply(shared, method, block, dask_key_name=f"{method}-{token}-{i}"),
-            shape=(n_rows,) + tail,
-            dtype=dtype,
-        )
-        for i, (block, n_rows) in enumerate(zip(blocks, X.chunks[0]))
-    ]
+    pieces, start = [], 0
+    for i, (block, n_rows) in enumerate(zip(blocks, X.chunks[0])):
+        extra = () if block_args is None else block_args(start, start + n_rows)
+        task = apply(shared, method, block, *extra, dask_key_name=f"{method}-{token}-{i}")
+        pieces.append(da.from_delayed(task, shape=(n_rows,) + tail, dtype=dtype))
+        start += n_rows
     return da.concatenate(pieces, axis=0)
 
 
@@ -93,14 +95,16 @@ def _whole_rows(X):
     return X
 
 
-def validate_image_stream(estimator, X):
+def validate_image_stream(estimator, X, validate=None):
     """Validate the dask array ``X`` in ``fit`` without holding it in memory.
 
     One pass of reductions (the smallest and largest value) over the stream;
     the estimator's own validation then runs on a two-image proxy of ``X``'s
     shape and dtype that holds these two values, so every check (shape,
     dtype, finiteness, float32 range, the recorded pixel scale) is the
-    in-memory one. Returns ``X`` as lazy ``(n, H, W, C)`` images.
+    in-memory one. ``validate(proxy)`` is that validation (default: the
+    estimator's ``_validate_images(proxy, reset=True)``). Returns ``X`` as
+    lazy ``(n, H, W, C)`` images.
     """
     import dask
 
@@ -121,7 +125,10 @@ def validate_image_stream(estimator, X):
             proxy[0].flat[-1] = low
         elif abs(low) > abs(high):
             proxy[0].flat[0] = low
-    estimator._validate_images(proxy, reset=True)
+    if validate is None:
+        estimator._validate_images(proxy, reset=True)
+    else:
+        validate(proxy)
     return X.reshape((n_images,) + tuple(estimator.image_shape_))
 
 

@@ -627,7 +627,14 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         -------
         self : PatchExtractor
         """
-        images = validate_images(self, X, reset=True)
+        if is_dask_array(X):  # the values checked by reductions, nothing held in memory
+            from ._dask import validate_image_stream
+
+            images = validate_image_stream(
+                self, X, lambda proxy: validate_images(self, proxy, reset=True)
+            )
+        else:
+            images = validate_images(self, X, reset=True)
         *_, self.patch_grid_shape_ = self._resolved_params(images)
         grid_h, grid_w = self.patch_grid_shape_
         self.n_patches_ = _n_sampled(self.max_patches, grid_h * grid_w)
@@ -652,7 +659,28 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
             dask array ``X`` gives a dask array with its row chunks.
         """
         if is_dask_array(X):
-            return map_row_blocks(self, "transform", X)
+            return self._transform_dask(X)
+        return self._transform(X)
+
+    def _transform_dask(self, X):
+        """Row blocks of a dask array; random positions drawn for all rows at once."""
+        if self.max_patches is None:
+            return map_row_blocks(self, "_transform", X)
+        self._validate_params()
+        image_shape = getattr(self, "image_shape_", None)
+        if image_shape is None:  # the shape of one image, as transform would see it
+            image_shape = check_images(
+                np.zeros((1,) + X.shape[1:], dtype=X.dtype), image_shape=self.image_shape
+            ).shape[1:]
+        *_, grid = self._resolved_params(np.empty((1,) + tuple(image_shape)))
+        n_samples = _n_sampled(self.max_patches, grid[0] * grid[1])
+        # the in-memory draw for all X, each block given its rows' positions
+        positions = _sample_positions(X.shape[0], grid, n_samples, self.random_state)
+        return map_row_blocks(
+            self, "_transform", X, block_args=lambda start, stop: (positions[start:stop],)
+        )
+
+    def _transform(self, X, positions=None):
         if hasattr(self, "image_shape_"):
             images = validate_images(self, X, reset=False)
         else:
@@ -660,8 +688,9 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
             images = check_images(X, image_shape=self.image_shape)
         patch_size, stride, pads, grid = self._resolved_params(images)
         if self.max_patches is not None:
-            n_samples = _n_sampled(self.max_patches, grid[0] * grid[1])
-            positions = _sample_positions(len(images), grid, n_samples, self.random_state)
+            if positions is None:
+                n_samples = _n_sampled(self.max_patches, grid[0] * grid[1])
+                positions = _sample_positions(len(images), grid, n_samples, self.random_state)
             patches = _extract_sampled(images, patch_size, stride, pads, positions)
             return patches.reshape(len(images), -1) if self.flatten else patches
         if self.flatten:

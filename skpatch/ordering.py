@@ -538,7 +538,14 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         -------
         self : PatchOrderer
         """
-        images = validate_images(self, X, reset=True)
+        if is_dask_array(X):  # the values checked by reductions, nothing held in memory
+            from ._dask import validate_image_stream
+
+            images = validate_image_stream(
+                self, X, lambda proxy: validate_images(self, proxy, reset=True)
+            )
+        else:
+            images = validate_images(self, X, reset=True)
         self.patch_grid_shape_ = self._check_params_vs_input(images)
         return self
 
@@ -579,6 +586,8 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         X_ordered : ndarray of the shape and dtype of ``X``, or of shape (n, H*W*C)
             Rows ``(n, H*W*C)`` when ``flatten=True``.
         """
+        if is_dask_array(X):
+            return self.fit(X).transform(X)
         self._validate_params()
         layout = _layout_of(X)
         images = validate_images(self, X, reset=True)

@@ -225,6 +225,7 @@ def _transformers():
     return {
         "PatchExtractor": PatchExtractor(patch_size=3, stride=2),
         "PatchExtractor-flat": PatchExtractor(patch_size=3, flatten=True),
+        "PatchExtractor-max_patches": PatchExtractor(patch_size=3, max_patches=7, random_state=0),
         "PatchOrderer": PatchOrderer(patch_size=3, border="keep"),
         "PatchOrderer-flat": PatchOrderer(patch_size=4, flatten=True),
         "PatchDictionaryEmbedding": PatchDictionaryEmbedding(**TINY_EMBEDDING),
@@ -251,6 +252,35 @@ def test_transform_of_a_dask_array_is_lazy_and_bit_identical(client, name):
     assert sorted(calls) == [0, 5, 10, 15, 20, 25]  # each block exactly once
     on_cluster = client.compute(fitted.transform(da.from_array(X, chunks=(7, 12, 12, 3))))
     np.testing.assert_array_equal(on_cluster.result(), expected)
+
+
+def test_random_patches_of_a_dask_array_are_the_in_memory_draw():
+    """max_patches: positions drawn once for all rows, not once per block (which would repeat)."""
+    X, _ = _images(n=23)
+    for random_state in (0, 7):
+        extractor = PatchExtractor(patch_size=4, max_patches=0.2, random_state=random_state)
+        expected = extractor.transform(X)
+        with dask.config.set(scheduler="sync"):
+            out = extractor.transform(da.from_array(X, chunks=(4, 12, 12, 3))).compute()
+        np.testing.assert_array_equal(out, expected)
+    # blocks of equal size do not get equal draws
+    assert not np.array_equal(out[:4], out[4:8])
+
+
+@pytest.mark.parametrize("estimator", [
+    PatchExtractor(patch_size=3, flatten=True), PatchOrderer(patch_size=3, flatten=True),
+], ids=["PatchExtractor", "PatchOrderer"])
+def test_stateless_transformers_fit_on_a_stream(client, estimator):
+    X, _ = _images(n=14)
+    in_memory = clone(estimator).fit(X)
+    streamed = clone(estimator).fit(da.from_array(X, chunks=(5, 12, 12, 3)))
+    assert streamed.image_shape_ == in_memory.image_shape_ == (12, 12, 3)
+    assert streamed.n_features_in_ == in_memory.n_features_in_
+    lazy = clone(estimator).fit_transform(da.from_array(X, chunks=(5, 12, 12, 3)))
+    np.testing.assert_array_equal(client.compute(lazy).result(), in_memory.transform(X))
+    nan = da.from_array(np.where(X > 0.9, np.nan, X), chunks=(5, 12, 12, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        clone(estimator).fit(nan)
 
 
 def test_transform_of_rows_and_of_split_image_axes(client):
