@@ -51,8 +51,10 @@ clf.set_params(inference="patches")
 # %%
 # Heat maps
 # ---------
-# ``class_heatmap`` zero-pads the image so there is one patch centred on
-# every pixel. Bright pixels are where the 4x4 window looks like the class.
+# ``class_heatmap`` pads the image so there is one patch centred on every
+# pixel; the border holds the training images' mean (what the network's
+# normalization maps to zero; ``pad_value=0.0`` gives a black border).
+# Bright pixels are where the 4x4 window looks like the class.
 image = X_test[:1]
 maps = class_heatmap(clf, image, classes=[0, 3, 8])
 fig = plot_heatmap(image[0], maps[0], class_names=["0", "3", "8"])

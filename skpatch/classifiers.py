@@ -363,7 +363,8 @@ class BagNetClassifier(BasePatchNetClassifier):
     patch of the image (patch locations 8 pixels apart); its class evidence
     is :meth:`patch_logits`, and :meth:`predict_proba` is the softmax of the
     mean evidence over locations. The official weights load from a local
-    file (nothing is downloaded).
+    file (nothing is downloaded): :meth:`from_weights` gives a fitted
+    classifier with no training, ``weights=`` fine-tunes from them.
 
     Parameters
     ----------
@@ -380,15 +381,17 @@ class BagNetClassifier(BasePatchNetClassifier):
         Bottleneck blocks per stage (ResNet-50 layout by default).
     weights : str or path-like, default=None
         Local path to a state dict in the reference naming (e.g. the official
-        BagNet weights saved with ``torch.save(model.state_dict(), path)``).
-        It is read with ``torch.load(weights_only=True)``: a file holding
-        objects other than tensors is refused with a ``ValueError`` (loading
-        it could run code). It is loaded strictly; when its number of
-        classes differs from that of ``y``, ``fc`` is re-initialized for
-        ``classes_`` with a warning.
+        BagNet weights saved with ``torch.save(model.state_dict(), path)``),
+        or a checkpoint ``{'state_dict': ..., ...}``; a ``module.`` prefix on
+        every key is removed. It is read with ``torch.load(weights_only=True)``:
+        a file holding objects other than tensors is refused with a
+        ``ValueError`` (loading it could run code). It is loaded strictly; when
+        its number of classes differs from that of ``y``, ``fc`` is
+        re-initialized for ``classes_`` with a warning.
         With weights, inputs are normalized with the ImageNet mean and
         standard deviation the weights expect (float images must be RGB in
-        [0, 1]; ``uint8`` images are scaled to it).
+        [0, 1]; ``uint8`` images are scaled to it; floats beyond [-0.5, 1.5],
+        such as 0..255 pixels, are a ``ValueError``).
     freeze_backbone : bool, default=False
         Train only ``fc``; the rest of the network, its BatchNorm statistics
         included, keeps its initial (or loaded) values.
@@ -452,7 +455,9 @@ class BagNetClassifier(BasePatchNetClassifier):
     See Also
     --------
     PatchCNNClassifier : a CNN trained on random crops, averaged over patches.
+    BagNetClassifier.from_weights : a fitted classifier from a weights file.
     skpatch.nn.bagnet.bagnet33 : the torch module.
+    skpatch.inspection.class_heatmap : per-pixel evidence, padded as the authors pad.
     skpatch.inspection.blackout_scores : accuracy with patches dropped.
 
     Notes
