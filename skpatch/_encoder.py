@@ -163,9 +163,47 @@ class FaissSearch:
             yield Neighbours(mask=mask, sq_distances=sq_distances)
 
 
+def _select_into(values, k, out):
+    """Write the 0/1 mask of the ``k`` largest of each row of ``values`` into float32 ``out``."""
+    n_cols = values.shape[1]
+    threshold = np.partition(values, n_cols - k, axis=1)[:, n_cols - k, None]
+    mask = np.greater_equal(values, threshold)
+    tied = np.flatnonzero(_row_counts(mask) != k)
+    if tied.size:  # more than k scores at the threshold: k of them, exactly
+        top = np.argpartition(values[tied], n_cols - k, axis=1)[:, n_cols - k :]
+        mask[tied] = False
+        mask[tied[:, None], top] = True
+    np.copyto(out, mask, casting="unsafe")
+
+
 def select_mask(scores, k):
-    """0/1 float mask of the ``k`` largest scores of each row (see :func:`_faiss.select_mask`)."""
-    return _faiss.select_mask(scores, k)
+    """0/1 float mask with exactly ``k`` ones per row, on the ``k`` largest scores.
+
+    :func:`skpatch.utils._faiss.select_mask` with a cheaper CPU tail: the
+    k-th largest score of each row from :func:`numpy.partition`, one
+    comparison into a boolean mask, and the ones of each row counted 8 bytes
+    at a time (the mask viewed as uint64 words, whose byte lanes cannot
+    overflow for rows of at most 2040 columns) instead of a boolean sum;
+    rows where ties put more than ``k`` scores at the threshold are redone
+    with :func:`numpy.argpartition`. The same masks as ``_faiss.select_mask``.
+    """
+    n_cols = scores.shape[1]
+    k = int(k)
+    if k == n_cols or scores.device.type != "cpu":
+        return _faiss.select_mask(scores, k)
+    mask = np.empty(scores.shape, dtype=np.float32)
+    _select_into(scores.numpy(), k, mask)
+    return torch.from_numpy(mask)
+
+
+def _row_counts(mask):
+    """Number of True entries of each row of a C-contiguous boolean matrix."""
+    n_rows, n_cols = mask.shape
+    if n_cols % 8 or n_cols > 8 * 255 or not mask.flags.c_contiguous:
+        return np.count_nonzero(mask, axis=1)
+    # each byte lane of the word sums holds at most n_cols / 8 <= 255 ones
+    lanes = mask.view(np.uint64).sum(axis=1, dtype=np.uint64)
+    return lanes.view(np.uint8).reshape(n_rows, 8).sum(axis=1, dtype=np.int64)
 
 
 def search_backend(knn_backend, device, n_neighbors):

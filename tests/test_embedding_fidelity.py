@@ -447,3 +447,25 @@ def test_raw_full_with_flip_invariance_and_feature_names():
     names = emb.get_feature_names_out()
     assert len(names) == codes.shape[1]
     assert names[-1] == "patchdictionaryembedding_pos_r1_1_a3_c26"
+
+
+# ------------------------------------------------------------------- selection
+
+
+@pytest.mark.parametrize("n_cols, k", [(1024, 256), (1024, 1), (1000, 7), (2048, 512), (16, 3)])
+def test_engine_selection_is_the_top_k_of_each_row(n_cols, k):
+    import torch
+
+    from skpatch._encoder import select_mask
+
+    rng = np.random.default_rng(n_cols + k)
+    scores = rng.standard_normal((300, n_cols)).astype(np.float32)
+    scores[:5, : n_cols // 2] = 1.0  # ties across the threshold: exactly k kept, among them
+    mask = select_mask(torch.from_numpy(scores), k).numpy()
+    assert_array_equal(mask.sum(axis=1), np.full(300, k))
+    order = np.argsort(-scores[5:], axis=1, kind="stable")[:, :k]
+    assert_array_equal(mask[5:], _one_hot(order, n_cols))
+    kept = np.where(mask[:5] > 0, scores[:5], np.inf).min(axis=1)
+    dropped = np.where(mask[:5] > 0, -np.inf, scores[:5]).max(axis=1)
+    assert np.all(kept >= dropped)
+    assert_array_equal(mask, _faiss.select_mask(torch.from_numpy(scores), k).numpy())
