@@ -1,8 +1,10 @@
 """GPU check: the CPU-vs-CUDA equality tests, then GPU throughput against the CPU.
 
 One prepared script for a session that is lent a GPU: it runs
-``pytest -m gpu tests/test_gpu.py`` (crops, a training epoch, patch logits,
-faiss search, top-k selection, embedding codes: CUDA equals the CPU), then
+``pytest -m gpu tests/test_gpu.py tests/test_dask.py`` (crops, a training
+epoch, patch logits, faiss search, top-k selection, embedding codes: CUDA
+equals the CPU; one Dask worker per GPU: a patch-size search, a faiss index on
+the worker's GPU, an index sharded over all GPUs), then
 measures images/s on the GPU and on the CPU of the same machine, in the same
 run, for four workloads on seeded random 32x32x3 uint8 images:
 
@@ -50,6 +52,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("train", "infer", "embed", "bagnet")
+# the dask GPU tests skip without the skpatch[dask] extra
+GPU_TEST_FILES = ("tests/test_gpu.py", "tests/test_dask.py")
 DESCRIPTIONS = {
     "train": "PatchCNN training (ResNet-18 w64, T=16)",
     "infer": "PatchCNN patch logits (289 patches/image)",
@@ -91,12 +95,12 @@ class time_box:
 
 
 def run_gpu_tests(timeout_s):
-    """``pytest -m gpu tests/test_gpu.py`` in a subprocess: counts and the output's tail."""
+    """``pytest -m gpu`` of the GPU test files in a subprocess: counts and the output's tail."""
     counts = dict(passed=0, failed=0, skipped=0)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "gpu_tests.xml"
         command = [
-            sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py",
+            sys.executable, "-m", "pytest", "-q", "-m", "gpu", *GPU_TEST_FILES,
             "-p", "no:cacheprovider", f"--junitxml={report}",
         ]
         start = time.perf_counter()
@@ -289,7 +293,7 @@ def main():
 
     counts = dict(passed=0, failed=0, skipped=0)
     if not args.skip_tests:
-        print(f"running pytest -m gpu tests/test_gpu.py (time box {boxes['tests']} s) ...",
+        print(f"running pytest -m gpu {' '.join(GPU_TEST_FILES)} (time box {boxes['tests']} s) ...",
               flush=True)
         counts, output, seconds = run_gpu_tests(boxes["tests"])
         print(f"GPU tests: {counts['passed']} passed, {counts['failed']} failed, "

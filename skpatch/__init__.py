@@ -31,7 +31,7 @@ _LAZY_NAMES = {
 }
 
 _SUBMODULES = ["bounds", "datasets", "embedding", "extraction", "ordering", "utils"]
-_SUBMODULES += ["classifiers", "diagnostics", "inspection", "nn", "plotting"]
+_SUBMODULES += ["classifiers", "diagnostics", "inspection", "nn", "plotting", "scaling"]
 
 __all__ = sorted(list(_LAZY_NAMES) + _SUBMODULES + ["__version__"])
 

@@ -476,3 +476,132 @@ def test_cifar10_jpeg_streamed_and_embedded_on_the_cluster(client):
     out = client.compute(streamed.transform(images)).result()
     np.testing.assert_array_equal(out, fitted.transform(in_memory))
     np.testing.assert_array_equal(lazy.target[:2000], np.repeat(np.arange(10), 1000)[:2000])
+
+
+# ------------------------------------------------------------ one worker per GPU
+
+
+def _gpu_worker_env():
+    import os
+
+    import torch
+
+    return (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["OMP_NUM_THREADS"],
+            torch.get_num_threads(), torch.cuda.is_initialized())
+
+
+def test_gpu_cluster_gives_each_worker_its_own_gpu():
+    """The SpecCluster layout (no dask-cuda): each worker process sees only its GPU id.
+
+    Runs on a CPU machine too: the ids need not exist for the variable to be set.
+    """
+    from skpatch.scaling import gpu_cluster
+
+    with gpu_cluster(["3", "5"], use_dask_cuda=False, dashboard_address=None) as cluster:
+        with distributed.Client(cluster, set_as_default=False) as gpu_client:
+            facts = gpu_client.run(_gpu_worker_env)
+            threads = {info["nthreads"] for info in gpu_client.scheduler_info()["workers"].values()}
+    assert sorted(facts.values()) == [("3", "1", 1, False), ("5", "1", 1, False)]
+    assert threads == {1}
+
+
+def test_gpu_cluster_bad_arguments(monkeypatch):
+    from skpatch.scaling import gpu_cluster, gpu_worker_specs
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # no GPU visible, whatever the machine
+    with pytest.raises(RuntimeError, match="no GPU"):
+        gpu_cluster()
+    with pytest.raises(ValueError, match="gpus is empty"):
+        gpu_worker_specs([])
+    with pytest.raises(ValueError, match="each GPU once"):
+        gpu_worker_specs([0, 0])
+    with pytest.raises(ValueError, match="threads_per_worker"):
+        gpu_worker_specs([0], threads_per_worker=0)
+    with pytest.raises(ValueError, match="use_dask_cuda"):
+        gpu_cluster([0], use_dask_cuda="yes")
+    specs = gpu_worker_specs(["1", "2"], threads_per_worker=2, env={"X": "y"})
+    assert specs["gpu-2"]["options"]["env"] == {
+        "CUDA_VISIBLE_DEVICES": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
+        "OPENBLAS_NUM_THREADS": "2", "X": "y",
+    }
+
+
+def _fit_on_this_worker(estimator, X, y):
+    import os
+
+    import torch
+
+    fitted = estimator.fit(X, y)
+    index = getattr(fitted, "index_", None)
+    return fitted, dict(
+        visible=os.environ["CUDA_VISIBLE_DEVICES"], device=fitted.device_,
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        index=type(index).__name__ if index is not None else None,
+    )
+
+
+@pytest.mark.gpu
+def test_patch_cnn_search_spread_over_the_gpus():
+    """One worker per GPU; device='auto' fits on the worker's own GPU; the search agrees."""
+    from skpatch.scaling import gpu_cluster
+
+    X, y = _images(n=24)
+    estimator = PatchCNNClassifier(**dict(TINY_PATCH_CNN, device="auto", max_epochs=2))
+    with gpu_cluster(dashboard_address=None) as cluster:
+        with distributed.Client(cluster, set_as_default=False) as gpu_client:
+            workers = list(gpu_client.scheduler_info()["workers"])
+            runs = [gpu_client.submit(_fit_on_this_worker, clone(estimator), X, y,
+                                      workers=[w], pure=False).result() for w in workers]
+            with joblib.parallel_config(backend="dask", client=gpu_client):
+                search = GridSearchCV(clone(estimator), {"patch_size": [4, 6]}, cv=3,
+                                      n_jobs=-1, refit=False).fit(X, y)
+    facts = [fact for _, fact in runs]
+    assert all(fact["device"] == "cuda" for fact in facts)
+    assert len({fact["visible"] for fact in facts}) == len(workers)  # each its own GPU
+    serial = GridSearchCV(clone(estimator), {"patch_size": [4, 6]}, cv=3, refit=False).fit(X, y)
+    # cuDNN may sum in another order per process: a fold's accuracy may move by one image
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"],
+                               serial.cv_results_["mean_test_score"], atol=1 / 8 + 1e-9)
+
+
+@pytest.mark.gpu
+def test_embedding_index_on_the_workers_gpu():
+    from skpatch.scaling import gpu_cluster
+    from skpatch.utils import _faiss
+
+    if not _faiss._faiss_has_gpu(_faiss.import_faiss()):
+        pytest.skip("faiss has no GPU support here (faiss-cpu): pip install faiss-gpu")
+    X, _ = _images(n=24)
+    with gpu_cluster(dashboard_address=None) as cluster:
+        with distributed.Client(cluster, set_as_default=False) as gpu_client:
+            worker = list(gpu_client.scheduler_info()["workers"])[0]
+            fitted, fact = gpu_client.submit(
+                _fit_on_this_worker, PatchDictionaryEmbedding(**dict(TINY_EMBEDDING, device="auto")),
+                X, None, workers=[worker], pure=False,
+            ).result()
+    assert fact["device"] == "cuda" and "Gpu" in fact["index"]
+    on_cpu = PatchDictionaryEmbedding(**dict(TINY_EMBEDDING, device="cpu")).fit(X)
+    np.testing.assert_array_equal(fitted.atoms_, on_cpu.atoms_)  # 'data' atoms: numpy alone
+    assert np.mean(fitted.transform(X) == on_cpu.transform(X)) > 0.999  # near-ties aside
+
+
+@pytest.mark.gpu
+def test_index_over_all_gpus_equals_the_cpu_index():
+    from skpatch.utils import _faiss
+
+    faiss = _faiss.import_faiss()
+    if not _faiss._faiss_has_gpu(faiss):
+        pytest.skip("faiss has no GPU support here (faiss-cpu): pip install faiss-gpu")
+    rng = np.random.default_rng(0)
+    atoms = rng.standard_normal((4096, 108)).astype(np.float32)
+    queries = rng.standard_normal((5000, 108)).astype(np.float32)
+    sharded = _faiss.build_index(atoms, use_gpu=True, all_gpus=True)
+    cpu = _faiss.build_index(atoms, use_gpu=False)
+    for k in (1, 16):
+        gpu_dist, gpu_idx = _faiss.index_search(sharded, queries, k)
+        cpu_dist, cpu_idx = _faiss.index_search(cpu, queries, k)
+        np.testing.assert_allclose(gpu_dist, cpu_dist, rtol=1e-4, atol=1e-4 * np.abs(cpu_dist).max())
+        assert np.mean(gpu_idx == cpu_idx) > 0.999
+    restored = _faiss.deserialize_index(_faiss.serialize_index(sharded))
+    np.testing.assert_array_equal(_faiss.index_search(restored, queries, 4)[1],
+                                  _faiss.index_search(cpu, queries, 4)[1])

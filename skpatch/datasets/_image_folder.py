@@ -271,10 +271,14 @@ def _read_payload(archive, name, payload):
     return data
 
 
-def _decode_chunk(archive, names, payloads, size, shape, where):
-    """Decode one chunk of files into ``(len(names),) + shape`` uint8 images."""
+def _decode_chunk(archive, root, names, payloads, size, shape, where):
+    """Decode one chunk of files into ``(len(names),) + shape`` uint8 images.
+
+    Folder files are named relative to ``root`` (a smaller task graph).
+    """
     images = np.empty((len(names),) + shape, dtype=np.uint8)
     for i, (name, payload) in enumerate(zip(names, payloads)):
+        name = name if root is None else os.path.join(root, name)
         image = _decode(_read_payload(archive, name, payload), size, f"{name!r}{where}")
         if image.ndim == 2 and len(shape) == 3 and size is not None:
             image = np.repeat(image[..., None], 3, axis=2)  # grey among colour, as in memory
@@ -296,6 +300,7 @@ def _lazy_images(path, entries, size, chunk_size):
     import dask
 
     archive = None if Path(path).is_dir() else str(path)
+    root = str(path) if archive is None else None
     where = "" if archive is None else f" in the archive {str(path)!r}"
     _, first_name, first_payload = entries[0]
     shape = _decode(_read_payload(archive, first_name, first_payload), size, f"{first_name!r}{where}").shape
@@ -304,8 +309,10 @@ def _lazy_images(path, entries, size, chunk_size):
     for start in range(0, len(entries), chunk_size):
         chunk = entries[start : start + chunk_size]
         names = [name for _, name, _ in chunk]
-        payloads = [payload for _, _, payload in chunk]
-        task = decode(archive, names, payloads, size, shape, where,
+        if root is not None:
+            names = [os.path.relpath(name, root) for name in names]
+        payloads = None if root is not None else [payload for _, _, payload in chunk]
+        task = decode(archive, root, names, payloads or [None] * len(names), size, shape, where,
                       dask_key_name=f"decode-images-{dask.base.tokenize(path, size, names)}")
         blocks.append(da.from_delayed(task, shape=(len(chunk),) + shape, dtype=np.uint8))
     return da.concatenate(blocks, axis=0)

@@ -75,15 +75,33 @@ def faiss_kmeans(points, n_clusters, *, n_iter=25, seed=0, use_gpu=False):
     return np.array(kmeans.centroids, dtype=np.float32, copy=True)
 
 
-def build_index(atoms, *, use_gpu=False):
-    """Exact L2 faiss index (``IndexFlatL2``) over ``atoms``, on the GPU if asked and possible."""
+def _gpu_number(device):
+    """The GPU of ``'cuda'`` (the current one, 0 in a one-GPU worker) or ``'cuda:N'``."""
+    if device is not None and device.startswith("cuda:"):
+        return int(device[5:])
+    return 0
+
+
+def build_index(atoms, *, use_gpu=False, device="cuda", all_gpus=False):
+    """Exact L2 faiss index (``IndexFlatL2``) over ``atoms``, on the GPU if asked and possible.
+
+    ``device`` (``'cuda'`` or ``'cuda:N'``) picks the GPU; ``all_gpus=True``
+    spreads the atoms over every visible GPU instead (faiss's
+    ``index_cpu_to_all_gpus`` with ``shard=True``: each GPU holds a part of
+    one large dictionary and the results are merged exactly).
+    """
     faiss = import_faiss()
     atoms = np.ascontiguousarray(atoms, dtype=np.float32)
     index = faiss.IndexFlatL2(atoms.shape[1])
     index.add(atoms)
     if use_gpu and _faiss_has_gpu(faiss):
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
+        if all_gpus and faiss.get_num_gpus() > 1:
+            options = faiss.GpuMultipleClonerOptions()
+            options.shard = True
+            index = faiss.index_cpu_to_all_gpus(index, co=options)
+        else:
+            resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(resources, _gpu_number(device), index)
     return index
 
 
@@ -96,7 +114,9 @@ def index_search(index, queries, k):
 def serialize_index(index):
     """Bytes of ``index`` (moved to the CPU first), loadable on a CPU-only machine."""
     faiss = import_faiss()
-    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+    if hasattr(faiss, "index_gpu_to_cpu") and (
+        "Gpu" in type(index).__name__ or "Shards" in type(index).__name__
+    ):
         index = faiss.index_gpu_to_cpu(index)
     return faiss.serialize_index(index).tobytes()
 
