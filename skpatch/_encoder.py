@@ -245,6 +245,7 @@ class PatchEncoder:
         self.patch_size, self.stride = settings["patch_size"], settings["stride"]
         self.encoding, self.k = settings["encoding"], settings["n_neighbors"]
         self.sign_convention = settings["sign_convention"]
+        self.index_gpus = settings.get("index_gpus", "device")
         self.signs = (1.0,) if self.sign_convention is None else (1.0, -1.0)
         self.full_input = settings.get("full_input", "whitened")
         self.patch_normalize = settings["patch_normalize"]
@@ -283,7 +284,10 @@ class PatchEncoder:
         hard = self.encoding == "hard"
         if self.backend == "faiss":
             if index is None:
-                index = _faiss.build_index(atoms, use_gpu=self.device.startswith("cuda"))
+                index = _faiss.build_index(
+                    atoms, use_gpu=self.device.startswith("cuda"), device=self.device,
+                    all_gpus=self.index_gpus == "all",
+                )
             return FaissSearch(index, self.n_atoms, self.k, self.negative_shift, dense=not hard)
         atoms = torch.as_tensor(atoms, device=self.device)
         atom_sq_norms = (atoms**2).sum(dim=1)

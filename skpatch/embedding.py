@@ -222,6 +222,11 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         GPU when one is visible. An explicit device that is not there is an
         error at ``fit``; a model fitted on a GPU and loaded where there is
         none runs on the CPU, with a warning.
+    index_gpus : {'device', 'all'}, default='device'
+        On a GPU ``device``: ``'device'`` keeps the faiss index on that GPU
+        (``'cuda'``: the current one, GPU 0 of a one-GPU Dask worker);
+        ``'all'`` shards one large dictionary over every visible GPU (faiss's
+        ``index_cpu_to_all_gpus``; exact, merged results). Ignored on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds the patch sampling, the data atoms, the Gaussian atoms and
         faiss k-means (a seed derived from it; no global generator is used).
@@ -334,6 +339,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "n_jobs": [Integral, None],
         "device": [str],
+        "index_gpus": [StrOptions({"device", "all"})],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "image_shape": [tuple, list, None],
@@ -363,6 +369,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         batch_size="auto",
         n_jobs=None,
         device="auto",
+        index_gpus="device",
         random_state=None,
         verbose=0,
         image_shape=None,
@@ -388,6 +395,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.n_jobs = n_jobs
         self.device = device
+        self.index_gpus = index_gpus
         self.random_state = random_state
         self.verbose = verbose
         self.image_shape = image_shape
@@ -586,7 +594,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             self.mirror_atoms_ = np.roll(np.arange(2 * n_atoms), n_atoms)
             n_atoms *= 2
         self.atoms_ = np.ascontiguousarray(atoms, dtype=np.float32)
-        self.index_ = _faiss.build_index(self.atoms_, use_gpu=use_gpu)
+        self.index_ = _faiss.build_index(
+            self.atoms_, use_gpu=use_gpu, device=self.device_, all_gpus=self.index_gpus == "all"
+        )
         self._log(f"built a {self.dictionary!r} dictionary of {n_atoms} atoms", start)
 
         self.n_neighbors_ = k
@@ -695,6 +705,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 flip_invariant=self.flip_invariant,
                 patch_normalize=self.patch_normalize, power=self.power,
                 knn_backend=self.knn_backend,
+                index_gpus=getattr(self, "index_gpus", "device"),
             )
             self._encoder = PatchEncoder(
                 mean=self.mean_, whitening=self.whitening_, atoms=self.atoms_,

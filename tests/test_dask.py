@@ -605,3 +605,19 @@ def test_index_over_all_gpus_equals_the_cpu_index():
     restored = _faiss.deserialize_index(_faiss.serialize_index(sharded))
     np.testing.assert_array_equal(_faiss.index_search(restored, queries, 4)[1],
                                   _faiss.index_search(cpu, queries, 4)[1])
+
+
+@pytest.mark.gpu
+def test_embedding_with_its_index_over_all_gpus_encodes_as_on_the_cpu():
+    from skpatch.utils import _faiss
+
+    if not _faiss._faiss_has_gpu(_faiss.import_faiss()):
+        pytest.skip("faiss has no GPU support here (faiss-cpu): pip install faiss-gpu")
+    X, _ = _images(n=24)
+    params = dict(TINY_EMBEDDING, knn_backend="faiss")
+    sharded = PatchDictionaryEmbedding(**params, device="cuda", index_gpus="all").fit(X)
+    on_cpu = PatchDictionaryEmbedding(**params, device="cpu").fit(X)
+    np.testing.assert_array_equal(sharded.atoms_, on_cpu.atoms_)
+    assert np.mean(sharded.transform(X) == on_cpu.transform(X)) > 0.999  # near-ties aside
+    again = pickle.loads(pickle.dumps(sharded))  # the index travels as a CPU index
+    assert np.mean(again.transform(X) == on_cpu.transform(X)) > 0.999
