@@ -18,6 +18,7 @@ References
    anonymous authors, under review.
 """
 
+from ._covering import patch_covering
 from ._measures import (
     activation_similarity,
     cross_activation_similarity,
@@ -37,6 +38,7 @@ __all__ = [
     "cross_path_similarity",
     "early_mid_ratio",
     "neighbour_ranks",
+    "patch_covering",
     "path_overlap",
     "path_similarity",
     "relu_activations",

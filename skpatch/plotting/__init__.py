@@ -6,6 +6,7 @@ names are re-exported here.
 """
 
 from ._bounds import plot_bound_curves, plot_bound_vs_observed
+from ._covering import plot_patch_covering
 from ._inspection import plot_blackout, plot_heatmap
 from ._paths import (
     plot_neighbour_ranks,
@@ -17,6 +18,7 @@ from ._paths import (
 __all__ = []
 __all__ += ["plot_blackout", "plot_heatmap"]
 __all__ += ["plot_bound_curves", "plot_bound_vs_observed"]
+__all__ += ["plot_patch_covering"]
 __all__ += [
     "plot_neighbour_ranks",
     "plot_overlap_vs_distance",
