@@ -27,6 +27,7 @@ from skpatch import PatchBoundPredictor, PatchDictionaryEmbedding, PatchExtracto
 from skpatch import PatchOrderer
 from skpatch import PatchCNNClassifier
 from skpatch import BagNetClassifier
+from skpatch import PatchDictionaryClassifier
 
 
 class _RowsAsImages:
@@ -120,6 +121,14 @@ SETTINGS = {
             device="cpu", verbose=0, random_state=0, image_shape=(1, -1),
         ),
     ],
+    "PatchDictionaryClassifier": [
+        PatchDictionaryClassifier(
+            patch_size=1, n_atoms=4, n_neighbors=1, dictionary="gaussian", pooling=None,
+            bottleneck=None, augment=None, max_epochs=5, batch_size=32, lr=0.1,
+            lr_schedule="constant", device="cpu", verbose=0, random_state=0,
+            image_shape=(1, -1),
+        ),
+    ],
     "BagNetClassifier": [
         BagNetClassifier(
             9, width=1, layers=(1, 1, 1, 1), max_epochs=1, batch_size=32, device="cpu",
@@ -164,6 +173,7 @@ EXPECTED_FAILED = {
         ),
     },
     "PatchOrderer": {},
+    "PatchDictionaryClassifier": {},
     "BagNetClassifier": {
         check: _BAGNET_NEEDS_9X9
         for check in (

@@ -11,6 +11,7 @@ from ._patch_net import (
     random_crop,
     sliding_window_logits,
 )
+from ._dictionary import PatchDictionaryCodes, PatchDictionaryLayer, PatchDictionaryNet
 from .bagnet import BAGNET_KERNEL3, BagNet, Bottleneck, bagnet9, bagnet17, bagnet33
 from .resnet import BasicBlock, CIFARResNet, resnet, resnet10, resnet18, resnet34
 
@@ -20,6 +21,9 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "CIFARResNet",
+    "PatchDictionaryCodes",
+    "PatchDictionaryLayer",
+    "PatchDictionaryNet",
     "PatchNetModule",
     "bagnet9",
     "bagnet17",
