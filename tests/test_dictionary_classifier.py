@@ -169,7 +169,7 @@ def test_linear_head_matches_logistic_regression(digits):
     weight_decay = 1e-3
     clf = PatchDictionaryClassifier(
         patch_size=3, n_atoms=32, n_neighbors=8, pooling=(3, 2), bottleneck=None,
-        batchnorm=False, augment=None, weight_decay=weight_decay, max_epochs=60,
+        batchnorm=False, augment=None, weight_decay=weight_decay, max_epochs=40,
         batch_size=64, lr=1.0, lr_schedule="cosine", device="cpu", verbose=0, random_state=0,
     ).fit(X[train], y[train])
     emb = clf.embeddings_[0]
