@@ -12,6 +12,11 @@ records them during training.
 The measures over pairs are Gram matrices (GEMMs over chunks of units), never
 a Python loop over pairs. A cosine with an all-zero vector is NaN.
 
+:func:`patch_covering` is the covering check of the patch-dictionary theory
+(Brutzkus et al.): how close held-out patches come to the nearest atom of
+dictionaries of growing size, against Gaussian patches of the same
+covariance.
+
 References
 ----------
 .. [1] "Image functions in neural networks: a perspective on generalization",
