@@ -7,6 +7,9 @@
    ``LocalCluster`` of 2 single-threaded worker processes. Reports the
    speedup (serial wall time / cluster wall time, same run) and whether the
    ``cv_results_`` are identical (every key but the four timing keys).
+   As a peer, two plain spawned processes each run half the grid (patch
+   sizes 3 and 6, 4 and 5) without Dask: the speedup the two cores give
+   this workload at all.
 2. **Streaming.** The archive is unpacked into an image folder (60,000 JPEGs);
    ``load_image_folder(as_dask=True)`` lists it, a dictionary is fitted from
    a patch sample of the stream, and every image is embedded on the cluster
@@ -18,8 +21,11 @@
    transform of the same images.
 
 The last line is ``RESULT speedup_2_workers=<x> identical=<True|False>
-worker_peak_gb=<x> time_ratio_4x=<x>`` (peak: the largest over workers and
-scales; ratio: 4x wall time / 1x wall time). Run
+worker_peak_gb=<x> time_ratio_4x=<x> speedup_2_workers_no_malloc_trim=<x>``
+(peak: the largest over workers and scales; ratio: 4x wall time / 1x wall
+time; the last key: the search again on workers started without the
+nanny's ``MALLOC_TRIM_THRESHOLD_=65536``, which makes each fit here about
+25% slower). Run
 ``python benchmarks/bench_dask.py`` (about 10 minutes on 2 cores) or
 ``--quick`` (small sizes, a smoke test of the script).
 """
@@ -48,12 +54,38 @@ def _peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _cluster():
+def _cluster(malloc_trim=True):
+    """2 single-threaded worker processes; ``malloc_trim=False`` unsets the nanny's
+    ``MALLOC_TRIM_THRESHOLD_`` (see the scaling guide's pitfalls)."""
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, worker_dashboard_address=None)
+    # a nanny writes its pre-spawn variables into this process's environment, which
+    # later children inherit: start each setup from a clean one
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    trim = {} if malloc_trim else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with dask.config.set(trim):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None, worker_dashboard_address=None)
     return cluster, Client(cluster)
+
+
+def _cluster_search(pipe, grid, X, y, malloc_trim):
+    import joblib
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    cluster, client = _cluster(malloc_trim)
+    try:
+        client.run(_quiet)
+        client.run(_warm_up, X[:60], y[:60])
+        start = time.perf_counter()
+        with joblib.parallel_config(backend="dask", scatter=[X, y]):
+            search = GridSearchCV(pipe, grid, cv=StratifiedKFold(3), refit=False,
+                                  n_jobs=-1).fit(X, y)
+        return search, time.perf_counter() - start
+    finally:
+        client.close()
+        cluster.close()
 
 
 def _same_cv_results(a, b):
@@ -88,6 +120,13 @@ def _warm_up(X, y):
                   LogisticRegression(max_iter=20)).fit(X, y)
 
 
+def _half_search(pipe, grid, X, y):
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    _quiet()
+    return GridSearchCV(pipe, grid, cv=StratifiedKFold(3), refit=False, n_jobs=1).fit(X, y)
+
+
 def grid_search(args):
     import joblib
     import torch
@@ -114,25 +153,32 @@ def grid_search(args):
     start = time.perf_counter()
     serial = search.set_params(n_jobs=1).fit(X, y)
     serial_s = time.perf_counter() - start
-    cluster, client = _cluster()
-    try:
-        client.run(_quiet)
-        client.run(_warm_up, X[:60], y[:60])
+    distributed, cluster_s = _cluster_search(pipe, grid, X, y, malloc_trim=True)
+    no_trim, no_trim_s = _cluster_search(pipe, grid, X, y, malloc_trim=False)
+    # the hardware's own ceiling: two plain processes, each searching half the grid alone
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    halves = [{"embed__patch_size": [3, 6]}, {"embed__patch_size": [4, 5]}]
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_warm_up, [X[:60]] * 2, [y[:60]] * 2))
         start = time.perf_counter()
-        with joblib.parallel_config(backend="dask", scatter=[X, y]):
-            distributed = GridSearchCV(pipe, grid, cv=StratifiedKFold(3), refit=False,
-                                       n_jobs=-1).fit(X, y)
-        cluster_s = time.perf_counter() - start
-    finally:
-        client.close()
-        cluster.close()
-    identical = _same_cv_results(serial.cv_results_, distributed.cv_results_)
+        list(pool.map(_half_search, [pipe] * 2, halves, [X] * 2, [y] * 2))
+        plain_s = time.perf_counter() - start
+    identical = (_same_cv_results(serial.cv_results_, distributed.cv_results_)
+                 and _same_cv_results(serial.cv_results_, no_trim.cv_results_))
     print(f"grid search: {len(X)} images, 4 patch sizes x 3 folds, {args.n_atoms} atoms")
     print(f"  1 process, n_jobs=1     {serial_s:7.1f} s")
-    print(f"  2 worker processes      {cluster_s:7.1f} s   speedup {serial_s / cluster_s:.2f}x")
+    print(f"  2 worker processes      {cluster_s:7.1f} s   speedup {serial_s / cluster_s:.2f}x"
+          "   (distributed's default worker environment)")
+    print(f"  2 worker processes      {no_trim_s:7.1f} s   speedup {serial_s / no_trim_s:.2f}x"
+          "   (MALLOC_TRIM_THRESHOLD_ unset)")
+    print(f"  2 plain processes, half the grid each (no Dask; the ceiling): {plain_s:.1f} s, "
+          f"speedup {serial_s / plain_s:.2f}x")
     print(f"  cv_results_ identical:  {identical}")
     print("  mean_test_score:", np.round(serial.cv_results_["mean_test_score"], 4))
-    return serial_s / cluster_s, identical
+    return serial_s / cluster_s, serial_s / no_trim_s, identical
 
 
 def _unpack(archive, root, limit=None):
@@ -226,7 +272,7 @@ def main():
     args.n_stream = 3000 if args.quick else None
     args.chunk_size = 500 if args.quick else 2000
 
-    speedup, identical = grid_search(args)
+    speedup, speedup_no_trim, identical = grid_search(args)
     work = Path(tempfile.mkdtemp(prefix="bench_dask_", dir=args.workdir))
     try:
         rows, ratio = streaming(args, work)
@@ -236,7 +282,8 @@ def main():
     identical = identical and all(row["identical"] for row in rows.values())
     print(f"client process peak {_peak_rss_gb():.2f} GB")
     print(f"\nRESULT speedup_2_workers={speedup:.2f} identical={identical} "
-          f"worker_peak_gb={peak:.2f} time_ratio_4x={ratio:.2f}")
+          f"worker_peak_gb={peak:.2f} time_ratio_4x={ratio:.2f} "
+          f"speedup_2_workers_no_malloc_trim={speedup_no_trim:.2f}")
 
 
 if __name__ == "__main__":
