@@ -621,3 +621,12 @@ def test_embedding_with_its_index_over_all_gpus_encodes_as_on_the_cpu():
     assert np.mean(sharded.transform(X) == on_cpu.transform(X)) > 0.999  # near-ties aside
     again = pickle.loads(pickle.dumps(sharded))  # the index travels as a CPU index
     assert np.mean(again.transform(X) == on_cpu.transform(X)) > 0.999
+
+
+def test_code_maps_of_a_dask_array_are_lazy_and_bit_identical():
+    X, _ = _images(n=13)
+    embed = PatchDictionaryEmbedding(**dict(TINY_EMBEDDING, pooling=(3, 2), both_signs="raw")).fit(X)
+    lazy = embed.transform_maps(da.from_array(X, chunks=(4, 12, 12, 3)))
+    assert isinstance(lazy, da.Array)
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(lazy.compute(), embed.transform_maps(X))
