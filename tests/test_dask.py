@@ -454,6 +454,8 @@ def test_image_folder_as_dask_bad_arguments(tmp_path):
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size"):
             load_image_folder(archive, as_dask=True, chunk_size=bad)
+    with pytest.raises(ValueError, match="as_dask must be True or False"):
+        load_image_folder(archive, as_dask="yes")
     lazy = load_image_folder(archive, as_dask=True, chunk_size=4)
     with open(archive, "r+b") as file:  # the archive shrinks after listing
         file.truncate(2048)

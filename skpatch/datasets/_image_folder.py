@@ -292,6 +292,14 @@ def _decode_chunk(archive, root, names, payloads, size, shape, where):
     return images
 
 
+def _labels(entries):
+    """``(target_names, target, filenames)``: classes numbered in sorted name order."""
+    target_names = sorted({cls for cls, _, _ in entries})
+    class_index = {name: i for i, name in enumerate(target_names)}
+    target = np.array([class_index[cls] for cls, _, _ in entries], dtype=np.int64)
+    return target_names, target, np.array([name for _, name, _ in entries])
+
+
 def _lazy_images(path, entries, size, chunk_size):
     """A dask array of the entries' images, one task per ``chunk_size`` files."""
     from .._dask import import_dask_array
@@ -383,6 +391,8 @@ def load_image_folder(
         from ..utils._validation import check_size_pair
 
         size = check_size_pair(size, "size")
+    if not isinstance(as_dask, (bool, np.bool_)):
+        raise ValueError(f"as_dask must be True or False, got {as_dask!r}.")
     if as_dask:
         return _load_lazy(path, size, subset, cache, return_X_y, chunk_size)
     cache_file = None
@@ -400,10 +410,7 @@ def load_image_folder(
                 filenames=filenames,
             )
     entries = _read_folder(path, subset)
-    target_names = sorted({cls for cls, _, _ in entries})
-    class_index = {name: i for i, name in enumerate(target_names)}
-    target = np.array([class_index[cls] for cls, _, _ in entries], dtype=np.int64)
-    filenames = np.array([name for _, name, _ in entries])
+    target_names, target, filenames = _labels(entries)
     where = "" if Path(path).is_dir() else f" in the archive {str(path)!r}"
     images = _stack_images(
         [_decode(data, size, f"{name!r}{where}") for _, name, data in entries], size
@@ -434,10 +441,7 @@ def _load_lazy(path, size, subset, cache, return_X_y, chunk_size):
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1 (files per chunk), got {chunk_size!r}.")
     entries = _read_folder(path, subset, lazy=True)
-    target_names = sorted({cls for cls, _, _ in entries})
-    class_index = {name: i for i, name in enumerate(target_names)}
-    target = np.array([class_index[cls] for cls, _, _ in entries], dtype=np.int64)
-    filenames = np.array([name for _, name, _ in entries])
+    target_names, target, filenames = _labels(entries)
     images = _lazy_images(path, entries, size, int(chunk_size))
     descr = (
         f"Images from {path}" + (f" (subset {subset!r})" if subset else "") + f": "
