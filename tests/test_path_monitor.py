@@ -347,3 +347,105 @@ def test_bad_probe_and_layers_fail_at_fit(data, probe):
         _patch_cnn(PathMonitor(probe[..., 0:1])).fit(X, y)
     with pytest.raises(ValueError, match="layers"):
         _patch_cnn(PathMonitor(probe, layers=["core.0"])).fit(X, y)
+
+
+# ---- every recorded number against a slow reference from the recorded bits -------------
+
+
+def _reference_epoch(bits, pairs, queries):
+    """Overlap and neighbour ranks of one epoch's bool paths, one pair at a time."""
+    overlap = np.array([int(np.count_nonzero(bits[i] & bits[j])) for i, j in pairs])
+    n_images = len(bits)
+    ranks = np.full((len(queries), n_images), -1)
+    for row, q in enumerate(queries):
+        counts = {j: int(np.count_nonzero(bits[q] & bits[j])) for j in range(n_images) if j != q}
+        for rank, j in enumerate(sorted(counts, key=lambda j: (-counts[j], j))):
+            ranks[row, j] = rank
+    return overlap, ranks
+
+
+def _exact_cosine(shared, norm_a, norm_b):
+    """shared / sqrt(norm_a * norm_b) from exact integer counts, in float64; NaN at 0."""
+    product = norm_a * norm_b
+    return np.nan if product == 0 else np.float64(shared) / np.sqrt(np.float64(product))
+
+
+def _reference_similarities(before, after, pairs):
+    self_sim = [
+        _exact_cosine(
+            np.count_nonzero(b & a), np.count_nonzero(b), np.count_nonzero(a)
+        )
+        for b, a in zip(before, after)
+    ]
+    cross = []
+    for i, j in pairs:
+        shared = np.count_nonzero(after[i] & after[j] & before[i] & before[j])
+        cross.append(_exact_cosine(
+            shared, np.count_nonzero(after[i] & after[j]), np.count_nonzero(before[i] & before[j])
+        ))
+    return np.array(self_sim), np.array(cross)
+
+
+def _assert_identical(actual, expected):
+    """Equal values, NaN where NaN: the same float64 division of the same integers."""
+    actual, expected = np.asarray(actual), np.asarray(expected, dtype=np.float64)
+    assert actual.dtype == np.float64 and actual.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    assert np.array_equal(actual[finite], expected[finite]), np.abs(
+        actual[finite] - expected[finite]
+    ).max()
+
+
+@pytest.mark.parametrize("pairs", [None, [[0, 3], [5, 1], [1, 5], [9, 2], [4, 6]]],
+                         ids=["all", "some"])
+def test_every_recorded_number_equals_a_slow_reference(data, tmp_path, pairs):
+    """A seeded ResNet-10 (9 ReLU layers), 10 probe images, 3 epochs: every overlap, rank,
+    self and cross similarity and history summary, from the bits of each recorded epoch
+    (read back from the npz files) by plain loops over pairs."""
+    X, y = data
+    probe = np.round(X[:10] * 255).astype(np.uint8)
+    monitor = PathMonitor(probe, pairs=pairs, queries=[0, 7, 3], directory=str(tmp_path))
+    clf = PatchCNNClassifier(
+        patch_size=6, module="resnet10", width=4, max_epochs=3, batch_size=8, lr=0.05,
+        augment=None, device="cpu", verbose=0, random_state=0,
+        callbacks=[("paths", monitor)],
+    ).fit(X, y)
+    monitor = clf.callbacks_["paths"]
+    assert len(monitor.layers_) == 9 and monitor.epochs_ == [1, 2, 3]
+    pair_list = _all_pairs(10) if pairs is None else np.array(pairs)
+    np.testing.assert_array_equal(monitor.pairs_, pair_list)
+    bits = []
+    for epoch in monitor.epochs_:
+        with np.load(tmp_path / f"epoch_{epoch:03d}.npz", allow_pickle=False) as saved:
+            bits.append({
+                name: np.unpackbits(saved[f"paths/{name}"], axis=1)[:, : monitor.n_units_[name]]
+                .astype(bool)
+                for name in monitor.layers_
+            })
+    n_defined = 0
+    for name in monitor.layers_:
+        for k in range(3):
+            overlap, ranks = _reference_epoch(bits[k][name], pair_list, [0, 7, 3])
+            assert monitor.overlap_[name].dtype.kind == "i"
+            np.testing.assert_array_equal(monitor.overlap_[name][k], overlap)
+            assert monitor.neighbour_ranks_[name].dtype.kind == "i"
+            np.testing.assert_array_equal(monitor.neighbour_ranks_[name][k], ranks)
+            row = clf.history_[k]
+            on = sum(int(np.count_nonzero(b)) for b in bits[k][name])
+            assert row["path_on_fraction"][name] == on / (10 * monitor.n_units_[name])
+        for k in range(2):
+            self_sim, cross = _reference_similarities(bits[k][name], bits[k + 1][name], pair_list)
+            _assert_identical(monitor.self_similarity_[name][k], self_sim)
+            _assert_identical(monitor.cross_similarity_[name][k], cross)
+            n_defined += np.isfinite(cross).sum()
+            row = clf.history_[k + 1]
+            for prefix, values in (("path_self", self_sim), ("path_cross", cross)):
+                finite = values[~np.isnan(values)]
+                if len(finite) == 0:
+                    assert np.isnan(row[f"{prefix}_mean"][name])
+                    continue
+                assert row[f"{prefix}_mean"][name] == finite.mean()
+                for stat, q in (("q10", 0.1), ("q50", 0.5), ("q90", 0.9)):
+                    assert row[f"{prefix}_{stat}"][name] == np.quantile(finite, q)
+    assert n_defined > 0
