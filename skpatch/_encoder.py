@@ -26,9 +26,10 @@ from sklearn.utils._chunking import get_chunk_n_rows
 from . import _encodings
 from ._pooling import RegionPooling
 from ._thread_limits import limit_this_thread
-from ._whitening import mirror_dims, normalize_patches, whiten_patches
+from ._whitening import mirror_dims, normalize_patches
 from .extraction import _extract_view
 from .utils import _faiss
+from .utils._blocks import block_rows_for, blocked_addmm
 from .utils._parallel import effective_n_threads
 from .utils._validation import _to_float
 
@@ -60,8 +61,8 @@ class NearestAtomSearch:
 
     On CPU the scores ``2 s q.a - |a|^2`` of a block of rows are written into
     one reused buffer of about 1 MB and reduced by ``argmax`` while still in
-    cache; the blocks are a fixed size, so the result does not depend on the
-    chunk size. On a GPU the chunk is one block.
+    cache; the blocks are a fixed size (the last one zero-padded), so the
+    result does not depend on the chunk size. On a GPU the blocks are large.
     """
 
     needs_whitened = False
@@ -81,20 +82,26 @@ class NearestAtomSearch:
     def _nearest(patches, weight, bias):
         n_rows, n_atoms = patches.shape[0], weight.shape[1]
         on_cpu = patches.device.type == "cpu"
-        # on a GPU, one block: small GEMMs would only add kernel launches
-        block = max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms)) if on_cpu else max(n_rows, 1)
-        buffer = torch.empty((min(block, n_rows), n_atoms), device=patches.device)
+        # on a GPU, one large block: small GEMMs would only add kernel launches
+        block = (max(1, _NEAREST_BLOCK_BYTES // (4 * n_atoms)) if on_cpu
+                 else block_rows_for(patches.device))
+        buffer = torch.empty((block, n_atoms), device=patches.device)
         indices = torch.empty((n_rows,), dtype=torch.int64, device=patches.device)
         if on_cpu:  # numpy's SIMD argmax: ~9x torch.argmax over rows of 1024 on CPU
             scores_np, indices_np = buffer.numpy(), indices.numpy()
+        padded = None
         for start in range(0, n_rows, block):
             stop = min(start + block, n_rows)
-            scores = buffer[: stop - start]
-            torch.addmm(bias, patches[start:stop], weight, out=scores)
+            rows = patches[start:stop]
+            if stop - start < block:  # every GEMM has the same shape (see utils._blocks)
+                padded = patches.new_zeros((block, patches.shape[1]))
+                padded[: stop - start] = rows
+                rows = padded
+            torch.addmm(bias, rows, weight, out=buffer)
             if on_cpu:
                 np.argmax(scores_np[: stop - start], axis=1, out=indices_np[start:stop])
             else:
-                torch.argmax(scores, dim=1, out=indices[start:stop])
+                torch.argmax(buffer[: stop - start], dim=1, out=indices[start:stop])
         return indices[:, None]
 
 
@@ -118,7 +125,8 @@ class GemmSearch:
         self.needs_whitened = distances
 
     def neighbours(self, patches, whitened, signs):
-        positive = torch.addmm(self.score_bias, patches, self.score_weight)
+        positive = blocked_addmm(self.score_bias, patches, self.score_weight,
+                                 block_rows_for(patches.device))
         for sign in signs:
             if sign > 0:
                 scores = positive if len(signs) == 1 else positive.clone()
@@ -321,7 +329,8 @@ class PatchEncoder:
         if self.search.needs_whitened or self.encoding == "triangle" or (
             self.encoding == "full" and self.projections is not None
         ):
-            whitened = whiten_patches(patches, self.mean, self.whitening)
+            whitened = blocked_addmm(None, patches - self.mean, self.whitening,
+                                     block_rows_for(patches.device))
         codes = [
             self._pool(found, sign, patches, whitened, n_images)
             for sign, found in zip(self.signs, self.search.neighbours(patches, whitened, self.signs))
@@ -349,7 +358,8 @@ class PatchEncoder:
         """
         if self.projections is not None:
             rows = whitened if sign > 0 else negated(whitened, self.negative_shift)
-            return [rows @ projection for projection in self.projections]
+            block = block_rows_for(rows.device)
+            return [blocked_addmm(None, rows, projection, block) for projection in self.projections]
         rows = patches
         if sign < 0:
             rows = -patches if self.sign_convention == "raw" else 2.0 * self.mean - patches

@@ -9,6 +9,8 @@ cheap. Both paths return the same neighbour sets up to ties.
 
 import numpy as np
 
+from ._blocks import blocked_search
+
 __all__ = [
     "import_faiss",
     "faiss_kmeans",
@@ -106,9 +108,14 @@ def build_index(atoms, *, use_gpu=False, device="cuda", all_gpus=False):
 
 
 def index_search(index, queries, k):
-    """Squared distances and indices of the ``k`` nearest atoms, sorted by distance."""
+    """Squared distances and indices of the ``k`` nearest atoms, sorted by distance.
+
+    The queries go to faiss in blocks of a fixed number of rows (the last one
+    zero-padded), so a query's distances do not depend on how many queries
+    were searched with it (see :mod:`skpatch.utils._blocks`).
+    """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    return index.search(queries, int(k))
+    return blocked_search(lambda block: index.search(block, int(k)), queries)
 
 
 def serialize_index(index):
