@@ -1,8 +1,9 @@
 """The patch encodings behind PatchDictionaryEmbedding (region sums of the codes).
 
 Pure torch functions on one chunk of images. Every function works image by
-image in the sense that no value depends on another image of the chunk, which
-is what makes ``transform`` identical whatever the chunk size. torch is
+image in the sense that no value depends on another image of the chunk; with
+the fixed-shape GEMM blocks of the search (``utils/_blocks.py``) this makes
+``transform`` identical whatever the chunk size. torch is
 imported by the caller (this module is only imported by the engine, ``_encoder.py``;
 the regions themselves are in ``_pooling.py``).
 """
