@@ -1,7 +1,9 @@
 """Dataset loaders on files built here in each format, and on the real data."""
 
+import bz2
 import gzip
 import hashlib
+import lzma
 import os
 import pickle
 import re
@@ -413,9 +415,161 @@ def test_image_folder_symlinked_class_folder_is_read(tmp_path):
     tree.mkdir(parents=True)
     for cls in ("ant", "cat", "dog"):
         (tree / cls).symlink_to(tmp_path / "real" / "train" / cls, target_is_directory=True)
-    bunch = load_image_folder(tmp_path / "tree", subset="train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a link out of the tree is neither a loop nor a duplicate
+        bunch = load_image_folder(tmp_path / "tree", subset="train")
     np.testing.assert_array_equal(bunch.images, expected["train"][0])
     np.testing.assert_array_equal(bunch.target, expected["train"][1])
+
+
+def _write_pngs(folder, rng, n=2):
+    """``0.png .. n-1.png`` of random grey pixels in ``folder``; return the pixels."""
+    folder.mkdir(parents=True)
+    pixels = rng.integers(0, 256, size=(n, 4, 5), dtype=np.uint8)
+    for k, image in enumerate(pixels):
+        Image.fromarray(image, mode="L").save(folder / f"{k}.png")
+    return pixels
+
+
+def _computed(images):
+    return images.compute(scheduler="sync") if hasattr(images, "compute") else images
+
+
+@pytest.mark.parametrize("as_dask", [False, True])
+@pytest.mark.parametrize("target", ["..", ".", "the root, absolute", "sibling and back"])
+def test_image_folder_symlink_loop_reads_each_image_once(tmp_path, target, as_dask):
+    if as_dask:
+        pytest.importorskip("dask")
+    rng = np.random.default_rng(13)
+    tree = tmp_path / "tree"
+    pixels = np.concatenate([_write_pngs(tree / cls, rng) for cls in ("cat", "dog")])
+    # sibling and back: no loop on one path, but dog is reached again as a class 'to_dog'
+    if target == "sibling and back":
+        link = tree / "cat" / "to_dog"
+        link.symlink_to("../dog", target_is_directory=True)
+        (tree / "dog" / "to_cat").symlink_to("../cat", target_is_directory=True)
+    else:
+        link = tree / "cat" / "loop"
+        pointee = tree if target == "the root, absolute" else target
+        link.symlink_to(pointee, target_is_directory=True)
+    with pytest.warns(UserWarning, match=_names(link)):
+        bunch = load_image_folder(tree, as_dask=as_dask)
+    # the 4 files written, under their own paths and classes (164 images before the fix)
+    written = [str(tree / cls / f"{k}.png") for cls in ("cat", "dog") for k in (0, 1)]
+    assert list(bunch.filenames) == written
+    np.testing.assert_array_equal(bunch.target, [0, 0, 1, 1])
+    assert list(bunch.target_names) == ["cat", "dog"]
+    np.testing.assert_array_equal(_computed(bunch.images), pixels)
+
+
+def test_image_folder_symlink_loop_with_subsets(tmp_path):
+    rng = np.random.default_rng(14)
+    expected = _make_folder(tmp_path / "tree", rng)
+    link = tmp_path / "tree" / "train" / "cat" / "up"
+    link.symlink_to("../..", target_is_directory=True)  # the root: train/cat/up/train/cat/...
+    for subset in ("train", "test"):
+        with pytest.warns(UserWarning, match=_names(link)):
+            bunch = load_image_folder(tmp_path / "tree", subset=subset)
+        np.testing.assert_array_equal(bunch.images, expected[subset][0])
+        np.testing.assert_array_equal(bunch.target, expected[subset][1])
+
+
+def test_image_folder_same_file_through_two_links_is_read_once(tmp_path):
+    rng = np.random.default_rng(15)
+    pool = _write_pngs(tmp_path / "pool", rng)  # outside the tree
+    tree = tmp_path / "tree"
+    cat = _write_pngs(tree / "train" / "cat", rng, n=1)
+    file_link = tree / "train" / "cat" / "copy.png"
+    file_link.symlink_to("0.png")
+    (tree / "train" / "dog").symlink_to(tmp_path / "pool", target_is_directory=True)
+    (tree / "more" / "train").mkdir(parents=True)
+    (tree / "more" / "train" / "dog").symlink_to(tmp_path / "pool", target_is_directory=True)
+    with pytest.warns(UserWarning) as record:
+        bunch = load_image_folder(tree, subset="train")
+    message = " ".join(str(w.message) for w in record)
+    assert str(file_link) in message
+    assert str(tree / "train" / "dog") in message  # the second link to the pool, sorted after more/
+    np.testing.assert_array_equal(bunch.images, np.concatenate([cat, pool]))
+    np.testing.assert_array_equal(bunch.target, [0, 1, 1])
+    assert bunch.filenames[0] == str(tree / "train" / "cat" / "0.png")  # the file, not its link
+    assert [Path(name).resolve() for name in bunch.filenames[1:]] == [
+        (tmp_path / "pool" / f"{k}.png").resolve() for k in (0, 1)
+    ]
+
+
+def test_image_folder_subset_through_a_link_into_the_other_subset(tmp_path):
+    rng = np.random.default_rng(16)
+    tree = tmp_path / "tree"
+    shared = _write_pngs(tree / "train" / "cat", rng)
+    only_test = _write_pngs(tree / "test" / "ant", rng)
+    (tree / "test" / "cat").symlink_to("../train/cat", target_is_directory=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each file is read once per subset: no duplicate
+        test = load_image_folder(tree, subset="test")
+        train = load_image_folder(tree, subset="train")
+    np.testing.assert_array_equal(test.images, np.concatenate([only_test, shared]))
+    np.testing.assert_array_equal(test.target, [0, 0, 1, 1])
+    np.testing.assert_array_equal(train.images, shared)
+
+
+def _cut_archive(tmp_path, compression, cut):
+    """A tar of <class>/<image> files, cut as ``cut`` says, then compressed or not."""
+    rng = np.random.default_rng(17)
+    for cls in ("ant", "cat"):
+        _write_pngs(tmp_path / "tree" / cls, rng)
+    plain = tmp_path / "plain.tar"
+    with tarfile.open(plain, "w") as archive:
+        archive.add(tmp_path / "tree", arcname="tree")
+    data = plain.read_bytes()
+    with tarfile.open(plain) as archive:
+        last = [info for info in archive if info.isfile()][-1]
+    if cut == "inside the last image":
+        data = data[: last.offset_data + last.size // 2]
+    elif cut == "before the last header":  # tarfile alone lists the members before it
+        data = data[: last.offset]
+    compress = {"": bytes, "gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+    data = compress[compression](data)
+    if cut == "first 30 bytes":
+        data = data[:30]
+    elif cut == "without the last 10 bytes":  # a compressed stream without its end
+        data = data[:-10]
+    path = tmp_path / ("images.tar" + (f".{compression}" if compression else ""))
+    path.write_bytes(data)
+    return path
+
+
+_CUTS = ["first 30 bytes", "inside the last image", "before the last header"]
+
+
+@pytest.mark.parametrize("as_dask", [False, True])
+@pytest.mark.parametrize(
+    "compression, cut",
+    [(compression, cut) for compression in ("", "gz", "bz2", "xz") for cut in _CUTS]
+    # the end of a plain tar is zero padding, the end of a compressed one is not
+    + [(compression, "without the last 10 bytes") for compression in ("gz", "bz2", "xz")],
+)
+def test_image_folder_truncated_archives_name_the_file(tmp_path, compression, cut, as_dask):
+    if as_dask:
+        pytest.importorskip("dask")
+    path = _cut_archive(tmp_path, compression, cut)
+    with pytest.raises(ValueError, match=_names(path)) as info:
+        load_image_folder(path, as_dask=as_dask)
+    if compression or cut != "first 30 bytes":
+        assert "truncated or corrupt tar archive" in str(info.value)
+        assert "expected a complete" in str(info.value)
+    else:  # 30 bytes of a plain tar hold no header: nothing tells it from any file
+        assert "not a tar archive" in str(info.value)
+
+
+def test_image_folder_complete_archives_still_load(tmp_path):
+    # the same archives uncut: the checks above reject only what is missing
+    for compression in ("", "gz", "bz2", "xz"):
+        path = _cut_archive(tmp_path / compression, compression, cut=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            bunch = load_image_folder(path)
+        assert bunch.images.shape == (4, 4, 5)
+        np.testing.assert_array_equal(bunch.target, [0, 0, 1, 1])
 
 
 def test_image_folder_corrupt_images_name_the_file(tmp_path):

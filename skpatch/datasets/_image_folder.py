@@ -1,7 +1,12 @@
 """Image folders and tar archives of class folders, with an .npz cache."""
 
+import bz2
+import collections
+import contextlib
+import gzip
 import hashlib
 import io
+import lzma
 import os
 import tarfile
 import warnings
@@ -58,12 +63,200 @@ def _check_no_empty_class(path, folders, image_folders, subset):
         )
 
 
-def _is_plain_tar(path):
-    """Whether ``path`` is an uncompressed tar, whose members can be read by offset."""
+def _walk_images(path, subset):
+    """``(files, folders, image_folders)`` of a directory tree, each real file once.
+
+    ``files`` are the selected ``(class_name, path)``. A folder reached through a
+    symlink is listed only after every folder reached through fewer symlinks, so
+    a file keeps its most direct path. A symlink back to a folder on its own
+    path (a loop), a folder whose files would be selected the same way again,
+    and a second path to the same real file are skipped, with one
+    ``UserWarning`` naming them.
+    """
+    root = str(path)
+    folders = set()  # relative parts of every folder, to find empty classes
+    image_folders = set()
+    # which files of a folder are selected, and how, depends on its last two names only
+    listed = {}  # (st_dev, st_ino, last two relative names) -> path
+    found = {}  # real path of a file -> (rank, class_name, path)
+    skipped = []
+    links = [(root, (), (), os.path.realpath(root))]
+    round_index = 0  # round k lists the folders reached through k symlinks
+    while links:
+        stack, links = sorted(links, reverse=True), []
+        while stack:
+            top, relative, ancestors, real_top = stack.pop()
+            try:
+                status = os.stat(top)
+            except OSError as err:
+                _folder_error(err)
+            identity = (status.st_dev, status.st_ino)
+            loop = [folder for folder_id, folder in ancestors if folder_id == identity]
+            if loop:
+                skipped.append(f"{top!r} (a loop back to {loop[0]!r})")
+                continue
+            key = identity + relative[-2:]
+            if key in listed:
+                skipped.append(f"{top!r} (the folder {listed[key]!r} again)")
+                continue
+            listed[key] = top
+            if relative:
+                folders.add(relative)
+            try:  # a folder that cannot be listed is an error, not skipped as Path.rglob does
+                with os.scandir(top) as scan:
+                    entries = sorted(scan, key=lambda entry: entry.name)
+            except OSError as err:
+                _folder_error(err)
+            chain = ancestors + ((identity, top),)
+            children = []
+            for entry in entries:
+                is_link = entry.is_symlink()
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False  # as os.walk: an entry that cannot be checked is a file
+                if is_dir:
+                    child = (entry.path, relative + (entry.name,), chain)
+                    if is_link:
+                        links.append(child + (os.path.realpath(entry.path),))
+                    else:
+                        children.append(child + (os.path.join(real_top, entry.name),))
+                    continue
+                if not _is_image_name(entry.name):
+                    continue
+                if (cls := _select(relative + (entry.name,), subset)) is None:
+                    continue
+                image_folders.add(relative)
+                if is_link:
+                    real = os.path.realpath(entry.path)
+                else:
+                    real = os.path.join(real_top, entry.name)  # no system call per file
+                candidate = ((round_index, is_link, cls, entry.path), cls, entry.path)
+                if real in found:
+                    kept, dropped = sorted([found[real], candidate])
+                    found[real] = kept
+                    skipped.append(f"{dropped[2]!r} (the same file as {kept[2]!r})")
+                else:
+                    found[real] = candidate
+            stack.extend(reversed(children))
+        round_index += 1
+    if skipped:
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(
+            f"skipped {len(skipped)} path(s) under {root!r} that lead through symlinks to "
+            f"folders or files already read: {', '.join(skipped[:5])}{more}; each image "
+            "is read once. Remove those symlinks to silence this warning.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return [(cls, name) for _, cls, name in found.values()], folders, image_folders
+
+
+# the magic numbers that tarfile's "r|*" recognises, with the reader of each
+_COMPRESSIONS = (
+    (lambda head: head.startswith(b"\x1f\x8b\x08"), gzip.open),
+    (lambda head: head[:3] == b"BZh" and head[4:10] == b"1AY&SY", bz2.open),
+    (lambda head: head.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")), lzma.open),
+)
+
+
+def _tar_opener(path):
+    """``open`` for a plain tar, the decompressing opener of a compressed one, or None.
+
+    Decided from the first bytes alone, so that a truncated archive is reported
+    as truncated rather than as no archive at all.
+    """
     with open(path, "rb") as file:
-        magic = file.read(6)
-    compressed = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-    return not any(magic.startswith(m) for m in compressed)
+        head = file.read(tarfile.BLOCKSIZE)
+    for matches, opener in _COMPRESSIONS:
+        if matches(head):
+            return opener
+    if head == bytes(tarfile.BLOCKSIZE):
+        return open  # an empty tar: its end-of-archive block alone
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return None
+    return open
+
+
+class _TailReader:
+    """A read-only stream that keeps its last bytes, to look back where tar stopped.
+
+    After the first member, tarfile ends a listing silently at a cut or damaged
+    header; the block where it stopped tells those from the end-of-archive block.
+    """
+
+    def __init__(self, fileobj, keep=4 * tarfile.RECORDSIZE):
+        self._fileobj = fileobj
+        self._keep = keep  # tarfile reads at most one record past what it parses
+        self._chunks = collections.deque()  # (position, bytes)
+        self._kept = 0
+        self.position = 0  # bytes read so far
+
+    def read(self, size=-1):
+        data = self._fileobj.read(size)
+        if data:
+            self._chunks.append((self.position, data))
+            self._kept += len(data)
+            self.position += len(data)
+            while self._kept - len(self._chunks[0][1]) >= self._keep:
+                self._kept -= len(self._chunks.popleft()[1])
+        return data
+
+    def block_at(self, offset):
+        """The (up to 512) bytes at ``offset``, or None if they are no longer kept."""
+        first = self._chunks[0][0] if self._chunks else self.position
+        if offset < first:
+            return None
+        start = offset - first
+        return b"".join(data for _, data in self._chunks)[start : start + tarfile.BLOCKSIZE]
+
+
+def _corrupt_archive(path, reason):
+    return ValueError(
+        f"{str(path)!r} is a truncated or corrupt tar archive ({reason}); expected a "
+        "complete (possibly compressed) tar of <class>/<image> files."
+    )
+
+
+def _read_tar(path, subset, opener, by_offset):
+    """``(entries, folders, image_folders)`` of a tar archive, in one sequential pass."""
+    entries = []
+    folders = set()  # relative parts of every folder, to find empty classes
+    image_folders = set()
+    try:
+        with contextlib.ExitStack() as stack:
+            reader = _TailReader(stack.enter_context(opener(path, "rb")))
+            # stream mode: seeking in a .tar.gz re-decompresses it
+            archive = stack.enter_context(tarfile.open(fileobj=reader, mode="r|"))
+            for info in archive:
+                parts = Path(info.name).parts
+                folders.update(parts[:k] for k in range(1, len(parts)))
+                if info.isdir():
+                    folders.add(parts)
+                elif info.isfile() and _is_image_name(info.name):
+                    cls = _select(parts, subset)
+                    if cls is not None:
+                        if by_offset:
+                            data = (info.offset_data, info.size)
+                        else:
+                            data = archive.extractfile(info).read()
+                        entries.append((cls, info.name, data))
+                        image_folders.add(parts[:-1])
+            end = archive.offset
+            end_block = reader.block_at(end)
+            while reader.read(tarfile.RECORDSIZE):
+                pass  # to the end: a cut compressed stream raises EOFError only here
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as err:
+        raise _corrupt_archive(path, f"{type(err).__name__}: {err}") from err
+    if end_block is not None and end_block != bytes(tarfile.BLOCKSIZE):
+        raise _corrupt_archive(
+            path,
+            f"its tar data of {reader.position} bytes has no member header nor "
+            f"end-of-archive block at byte {end}, so members may be missing",
+        )
+    return entries, folders, image_folders
 
 
 def _read_folder(path, subset, lazy=False):
@@ -77,48 +270,12 @@ def _read_folder(path, subset, lazy=False):
     are read in the one pass).
     """
     path = Path(path)
-    entries = []
-    folders = set()  # relative parts of every folder, to find empty classes
-    image_folders = set()
     if path.is_dir():
-        # os.walk with onerror: Path.rglob silently skips folders it cannot list;
-        # followlinks so that a symlinked class folder is read, not dropped
-        walk = os.walk(path, onerror=_folder_error, followlinks=True)
-        for top, dirnames, filenames in walk:
-            relative = Path(top).relative_to(path).parts
-            folders.update(relative + (d,) for d in dirnames)
-            for name in filenames:
-                if _is_image_name(name):
-                    cls = _select(relative + (name,), subset)
-                    if cls is not None:
-                        entries.append((cls, os.path.join(top, name)))
-                        image_folders.add(relative)
-        entries = [(cls, name, None if lazy else Path(name).read_bytes()) for cls, name in entries]
-    elif path.is_file() and tarfile.is_tarfile(path):
-        by_offset = lazy and _is_plain_tar(path)
-        try:
-            # one sequential pass: seeking in a .tar.gz re-decompresses it
-            with tarfile.open(path, mode="r|*") as archive:
-                for info in archive:
-                    parts = Path(info.name).parts
-                    folders.update(parts[:k] for k in range(1, len(parts)))
-                    if info.isdir():
-                        folders.add(parts)
-                    elif info.isfile() and _is_image_name(info.name):
-                        cls = _select(parts, subset)
-                        if cls is not None:
-                            if by_offset:
-                                data = (info.offset_data, info.size)
-                            else:
-                                data = archive.extractfile(info).read()
-                            entries.append((cls, info.name, data))
-                            image_folders.add(parts[:-1])
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            raise ValueError(
-                f"{str(path)!r} is a truncated or corrupt tar archive "
-                f"({type(err).__name__}: {err}); expected a complete (possibly "
-                "compressed) tar of <class>/<image> files."
-            ) from err
+        files, folders, image_folders = _walk_images(path, subset)
+        entries = [(cls, name, None if lazy else Path(name).read_bytes()) for cls, name in files]
+    elif path.is_file() and (opener := _tar_opener(path)) is not None:
+        by_offset = lazy and opener is open
+        entries, folders, image_folders = _read_tar(path, subset, opener, by_offset)
     else:
         raise ValueError(
             "path must be a directory or a tar archive of <class>/<image> files, "
@@ -386,6 +543,11 @@ def load_image_folder(
     values in 0..255. A class folder without images, a folder that cannot be
     listed, an image that cannot be decoded and a truncated archive are
     errors that name the file or folder.
+
+    Symlinks in a folder are followed, and each image is read once: a symlink
+    that loops back to a folder above it, and a second path to a file already
+    read, are skipped with a ``UserWarning`` naming them (a file keeps the path
+    with the fewest symlinks).
     """
     if size is not None:
         from ..utils._validation import check_size_pair
