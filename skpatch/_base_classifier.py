@@ -50,7 +50,18 @@ image_shape``. Fitted attributes set by the base: ``classes_``, ``net_`` (the
 skorch ``NeuralNetClassifier``), ``module_`` (the trained
 :class:`~skpatch.nn.PatchNetModule`, ``net_.module_``), ``callbacks_`` (name ->
 callback skorch ran), ``history_``, ``device_``, ``channel_mean_``,
-``channel_std_``, ``n_features_in_``, ``image_shape_``.
+``channel_std_``, ``n_features_in_``, ``image_shape_``. ``fit`` first drops
+every attribute of an earlier fit (public ones ending in ``_``), so a refit
+keeps nothing stale, and a ``fit`` that raises leaves the estimator unfitted.
+Inference reads fitted state only (``module_``, ``image_shape_``, private
+attributes written in ``_check_params_vs_input`` such as ``_patch_size``),
+never a parameter that shaped the network: ``set_params`` after ``fit``
+changes nothing until the next ``fit``.
+
+Divergence: a non-finite training loss (checked per batch from the loss
+skorch has already copied to the host, so no extra device sync) or non-finite
+weights (checked once per epoch) stop ``fit`` with a ``ValueError`` naming the
+epoch and ``lr``.
 
 Randomness: ``random_state`` is read once at the top of ``fit``; seeds drawn
 from it start one ``torch.Generator`` each for the initial weights, the crops
@@ -59,7 +70,9 @@ torch's and numpy's global generators are never read or advanced, so seeded
 fits in parallel threads equal the same fits run one after the other.
 """
 
+import contextlib
 import copy
+import math
 import sys
 import warnings
 from numbers import Integral, Real
@@ -67,7 +80,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from scipy.special import log_softmax, softmax
-from skorch.callbacks import LRScheduler
+from skorch.callbacks import Callback, LRScheduler
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -159,6 +172,50 @@ class _OneCycleScheduler(LRScheduler):
         dataset_train, _ = net.get_split_datasets(X, y)
         self.steps_per_epoch = len(net.get_iterator(dataset_train, training=True))
         super().on_train_begin(net, X=X, y=y, **kwargs)
+
+
+class _DivergenceCheck(Callback):
+    """Stop training with a ``ValueError`` once it diverges.
+
+    The loss of each training batch is read from ``net.history``, where
+    skorch has put it as a Python float already (no device sync added); the
+    parameters and floating buffers are checked once per epoch, which also
+    catches a last step that overflowed the weights while its loss was finite.
+    """
+
+    def __init__(self, estimator_name, lr, stage=""):
+        self.estimator_name = estimator_name
+        self.lr = lr
+        self.stage = stage
+
+    def _diverged(self, net, what, batch=None):
+        where = f"epoch {len(net.history)} of {net.max_epochs}"
+        if batch is not None:
+            where += f", batch {batch}"
+        if self.stage:
+            where += f" ({self.stage})"
+        raise ValueError(
+            f"{self.estimator_name}: {what} at {where} with lr={self.lr!r}: "
+            "training diverged, and the network would predict nan. Pass a lower "
+            f"learning rate, e.g. lr={self.lr / 10:g}."
+        )
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        if not training:
+            return
+        batches = net.history[-1]["batches"]
+        loss = batches[-1].get("train_loss")
+        if loss is not None and not math.isfinite(loss):
+            self._diverged(net, f"the training loss is {loss}", batch=len(batches))
+
+    def on_epoch_end(self, net, **kwargs):
+        module = net.module_
+        tensors = [
+            t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()
+        ]
+        # one device sync for all tensors
+        if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            self._diverged(net, "the network's weights became non-finite (inf or nan)")
 
 
 def _class_logits(module, class_index):
@@ -258,6 +315,10 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
 
     def _uses_patch_inference(self):
         return True
+
+    def _fit_stage(self):
+        """Words placing the training run in a multi-stage fit, e.g. ``'layer 2 of 3'``."""
+        return ""
 
     def _forward_patch_logits(self, module, x, stride, pads, class_index=None):
         return sliding_window_logits(
@@ -408,6 +469,21 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
                 "more than 1 image per batch. Pass batch_size >= 2."
             )
 
+    def _forget_fit(self):
+        """Drop every fitted attribute (a public name ending in ``_``) of an earlier fit."""
+        for name in [n for n in vars(self) if n.endswith("_") and not n.startswith("_")]:
+            delattr(self, name)
+
+    @contextlib.contextmanager
+    def _fresh_fit(self):
+        """Forget the earlier fit; on an error, forget this one too (no mix of two fits)."""
+        self._forget_fit()
+        try:
+            yield
+        except BaseException:
+            self._forget_fit()
+            raise
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Train the network on the images ``X`` with labels ``y``.
@@ -423,7 +499,18 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : object
             The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            If training diverges (a non-finite loss or weight), naming the
+            epoch and ``lr``; the estimator is then left unfitted.
         """
+        with self._fresh_fit():
+            return self._fit_net(X, y)
+
+    def _fit_net(self, X, y):
+        """One training run of ``fit`` (parameters validated, earlier fit forgotten)."""
         rng = check_random_state(self.random_state)
         # one seed each: validation split, initial weights, crops and flips, shuffling,
         # validation loader
@@ -459,7 +546,8 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             flip="flip" in self._augment, amp=amp, channels_last=on_cuda,
             generator=augment_generator,
         )
-        self.net_ = NeuralNetClassifier(
+        divergence = _DivergenceCheck(type(self).__name__, self.lr, self._fit_stage())
+        net = NeuralNetClassifier(
             module,
             criterion=torch.nn.CrossEntropyLoss,
             optimizer=optimizer,
@@ -472,7 +560,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             # a DataLoader draws its worker base seed from this, else from the global one
             iterator_valid__generator=torch.Generator().manual_seed(valid_seed),
             train_split=self._train_split(split_seed),
-            callbacks=self._skorch_callbacks(),
+            callbacks=[("divergence_check", divergence), *self._skorch_callbacks()],
             classes=np.arange(len(self.classes_)),
             device=self.device_,
             verbose=int(self.verbose > 0),
@@ -481,7 +569,8 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings():
             # skorch warns that an instantiated module ignores module__ params
             warnings.filterwarnings("ignore", message=".*initialized.*", module="skorch")
-            self.net_.fit(x, y_encoded)
+            net.fit(x, y_encoded)
+        self.net_ = net
         self.module_ = self.net_.module_.eval()
         # trained: a CUDA generator would not unpickle on a CPU-only machine
         self.module_.generator = None
@@ -546,10 +635,18 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         """
         return self._selected_patch_logits(X, None, stride=stride, padding=padding)
 
+    def _validate_inference_images(self, X):
+        """Images for inference as ``(n, H, W, C)`` floats of the fitted ``image_shape_``.
+
+        ``image_shape=None``: rows are read with the fitted ``image_shape_``,
+        not the parameter, which ``set_params`` may have changed since ``fit``.
+        """
+        return validate_images(self, X, reset=False, dtype="float", image_shape=None)
+
     def _selected_patch_logits(self, X, class_index, *, stride=None, padding=0):
         """:meth:`patch_logits` of the classes ``class_index`` only (all when ``None``)."""
         check_is_fitted(self)
-        images = validate_images(self, X, reset=False, dtype="float")
+        images = self._validate_inference_images(X)
         stride = self._default_patch_stride() if stride is None else stride
         stride = check_size_pair(stride, "stride")
         return self._patch_logits(images, stride, padding, class_index)
@@ -591,7 +688,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
 
     def _decision_logits(self, X):
         check_is_fitted(self)
-        images = validate_images(self, X, reset=False, dtype="float")
+        images = self._validate_inference_images(X)
         if self._uses_patch_inference():
             stride = check_size_pair(self._default_patch_stride(), "stride")
             logits = self._patch_logits(images, stride, 0)

@@ -13,13 +13,12 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
 from ._base_classifier import BasePatchNetClassifier
 from .utils._device import check_device_param, resolve_device
 from .utils._grid import patch_grid_shape
 from .nn._patch_net import build_initialized, build_seeded
-from .utils._validation import check_images, check_size_pair, validate_images
+from .utils._validation import check_images, check_size_pair
 
 __all__ = ["BagNetClassifier", "PatchCNNClassifier"]
 
@@ -144,9 +143,13 @@ instance, default='resnet18'
         ignored when ``module`` is not a name.
     inference : {'patches', 'image'}, default='patches'
         How :meth:`predict_proba` aggregates: mean patch logits or one
-        whole-image forward pass.
+        whole-image forward pass. Read at prediction time: it may be changed
+        after ``fit`` without refitting.
     inference_stride : int or tuple (sh, sw), default=1
         Step between the patches averaged at inference (1 = every patch).
+        Read at prediction time, like ``inference``. The parameters that shape
+        the network (``patch_size``, ``module``, ``width``) are not: after
+        ``set_params`` they take effect at the next ``fit`` only.
     max_epochs : int, default=30
         Passes over the training images (one random crop each per pass).
     batch_size : int, default=64
@@ -352,6 +355,11 @@ default='sgd'
         return check_size_pair(self.inference_stride, "inference_stride")
 
     def _uses_patch_inference(self):
+        # read live, like inference_stride; a bad value set after fit must not fall through
+        if self.inference not in ("patches", "image"):
+            raise ValueError(
+                f"inference must be 'patches' or 'image', got {self.inference!r}."
+            )
         return self.inference == "patches"
 
 
@@ -372,7 +380,8 @@ class BagNetClassifier(BasePatchNetClassifier):
         Receptive field ``q`` of the BagNet (BagNet-9, -17 or -33). Images
         must be at least ``q x q`` pixels; for smaller ones (32x32 CIFAR-10
         images with the default 33) ``fit`` raises a ``ValueError`` naming
-        the values that fit.
+        the values that fit. Like ``width``, ``layers`` and ``weights``, it
+        takes effect at ``fit``: inference uses the fitted network.
     width : int, default=64
         Base channel count (64 in the official networks); stages have
         ``width * (1, 2, 4, 8)`` middle channels. Small values give small
@@ -581,7 +590,7 @@ class BagNetClassifier(BasePatchNetClassifier):
         self._layers = layers
         self._patch_size = (q, q)
         # fitted state, not the parameter: set_params(weights=...) after fit changes nothing
-        self._imagenet_input = self.weights is not None
+        self._imagenet_weights = None if self.weights is None else os.fspath(self.weights)
         self._any_image_size = False
 
     @classmethod
@@ -731,7 +740,7 @@ class BagNetClassifier(BasePatchNetClassifier):
         clf._layers = arch["layers"]
         clf._patch_size = (q, q)
         clf._augment = ()
-        clf._imagenet_input = True
+        clf._imagenet_weights = os.fspath(path)
         clf._any_image_size = True
         return clf
 
@@ -758,9 +767,10 @@ class BagNetClassifier(BasePatchNetClassifier):
                     f"{q}x{q} pixels."
                 )
         else:
-            images = validate_images(self, X, reset=False, dtype="float")
-        if getattr(self, "_imagenet_input", False):
-            _check_unit_range(images, f"the weights ({self.weights!r})")
+            images = super()._validate_inference_images(X)
+        weights = getattr(self, "_imagenet_weights", None)
+        if weights is not None:
+            _check_unit_range(images, f"the weights ({weights!r})")
         return images
 
     def _input_zero(self):
@@ -772,19 +782,6 @@ class BagNetClassifier(BasePatchNetClassifier):
             return np.asarray(IMAGENET_MEAN, dtype=np.float32)
         # PatchNetModule's (x - mean) / std holds channel_mean_ as float32: exact zeros
         return np.asarray(self.channel_mean_, dtype=np.float32)
-
-    def _selected_patch_logits(self, X, class_index, *, stride=None, padding=0):
-        check_is_fitted(self)
-        images = self._validate_inference_images(X)
-        stride = check_size_pair(self._default_patch_stride() if stride is None else stride,
-                                 "stride")
-        return self._patch_logits(images, stride, padding, class_index)
-
-    def _decision_logits(self, X):
-        check_is_fitted(self)
-        images = self._validate_inference_images(X)
-        logits = self._patch_logits(images, (8, 8), 0)
-        return logits.mean(axis=(2, 3), dtype=np.float64)
 
     def _default_patch_stride(self):
         return 8
@@ -857,7 +854,7 @@ class BagNetClassifier(BasePatchNetClassifier):
         if tuple(stride) == (step, step):
             return module.core.patch_logits(x, class_index)
         # a finer stride: one pass per offset of the 8-pixel grid, interleaved
-        q = self.patch_size
+        q = self._patch_size[0]  # the fitted network's, whatever set_params did since
         sh, sw = stride
         height, width = x.shape[-2:]
         n_maps = len(self.classes_) if class_index is None else len(class_index)

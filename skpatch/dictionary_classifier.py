@@ -435,7 +435,21 @@ channel_std_, n_features_in_, image_shape_
         Returns
         -------
         self : PatchDictionaryClassifier
+
+        Raises
+        ------
+        ValueError
+            If training diverges (a non-finite loss or weight), naming the
+            layer, the epoch and ``lr``; the estimator is then left unfitted.
         """
+        with self._fresh_fit():
+            return self._fit_layers(X, y)
+
+    def _fit_stage(self):
+        n_layers = len(self._settings)
+        return "" if n_layers == 1 else f"layer {self._stage + 1} of {n_layers}"
+
+    def _fit_layers(self, X, y):
         self._settings = self._layer_settings()
         rng = check_random_state(self.random_state)
         seeds = rng.randint(np.iinfo(np.int32).max, size=len(self._settings))
@@ -450,7 +464,7 @@ channel_std_, n_features_in_, image_shape_
             inputs = self._layer_inputs(x, index)
             self.embeddings_.append(self._fit_dictionary(index, inputs, int(seeds[index])))
             self._stage = index
-            super().fit(X, y)
+            self._fit_net(X, y)
             self.layer_histories_.append(self.history_)
             self._trained_layers = list(self.module_.core.layers)
             self.module_.core.generator = None  # a CUDA generator would not unpickle on a CPU

@@ -1,5 +1,8 @@
 """Tests for skpatch.nn.bagnet (the torch modules) and BagNetClassifier."""
 
+import pickle
+import re
+
 import numpy as np
 import pytest
 
@@ -903,3 +906,58 @@ def test_fit_with_weights_rejects_0_255_floats(toy_data, tmp_path):
     path, _ = _weights_file(tmp_path, 9, n_classes=2, layers=(1, 1, 1, 1))
     with pytest.raises(ValueError, match="look like 0..255 pixels"):
         BagNetClassifier(9, weights=path, **TINY).fit(X * 255, y)
+
+
+def test_bagnet_diverging_training_is_an_error_naming_lr_and_epoch(toy_data):
+    X, y = toy_data
+    clf = BagNetClassifier(9, **{**TINY, "lr": 1e6})
+    with pytest.raises(ValueError, match=r"non-finite|loss is .*nan|loss is .*inf") as raised:
+        clf.fit(X, y)
+    message = str(raised.value)
+    assert "BagNetClassifier" in message and re.search(r"at epoch \d of 2", message)
+    assert "lr=1000000.0" in message and "lower learning rate, e.g. lr=100000" in message
+    assert not hasattr(clf, "net_")
+
+
+def test_bagnet_inference_reads_the_fitted_network_after_set_params(fitted, toy_data, tmp_path):
+    from skpatch.inspection import blackout_scores, class_heatmap
+
+    X, y = toy_data
+    clf = pickle.loads(pickle.dumps(fitted))
+
+    def outputs():
+        return (clf.patch_logits(X[:3], stride=1), clf.patch_logits(X[:3]),
+                clf.patch_logits(X[:3], stride=2, padding="same"),
+                class_heatmap(clf, X[:2], classes=["b"]), clf.predict_proba(X),
+                clf.predict(X), clf.score(X, y),
+                blackout_scores(clf, X, y, fractions=[0.5], random_state=0)["accuracy"])
+
+    before = outputs()
+    # set_params(patch_size=17) once made patch_logits(stride=1) fail (a negative dimension)
+    clf.set_params(patch_size=17, width=8, layers=(2, 2, 2, 2),
+                   weights=str(tmp_path / "absent.pth"), image_shape=(5, 5))
+    for old, new in zip(before, outputs()):
+        np.testing.assert_array_equal(new, old)
+    np.testing.assert_array_equal(clf.predict_proba(X.reshape(len(X), -1)), before[4])
+
+
+def test_bagnet_refit_without_weights_forgets_them(toy_data, tmp_path):
+    from skpatch.nn.bagnet import InputAffine
+
+    X, y = toy_data
+    path, _ = _weights_file(tmp_path, 9, n_classes=2, layers=(1, 1, 1, 1), width=2)
+    clf = BagNetClassifier(9, **{**TINY, "weights": str(path)}).fit(X, y)
+    assert isinstance(clf.module_.core, InputAffine)
+    with pytest.raises(ValueError, match="expect RGB images in"):
+        clf.predict(2 * X)  # beyond [0, 1]: not what ImageNet weights take
+    clf.set_params(weights=None).fit(X, y)
+    assert not isinstance(clf.module_.core, InputAffine)
+    assert clf.predict(2 * X).shape == (len(X),)  # no ImageNet range check left behind
+
+    # from_weights takes any image size; a fit afterwards holds to its own images
+    loaded = BagNetClassifier.from_weights(path, device="cpu").set_params(**TINY)
+    assert loaded.image_shape_ is None
+    loaded.set_params(weights=None).fit(X, y)
+    assert loaded.image_shape_ == X.shape[1:]
+    with pytest.raises(ValueError, match="fitted on images of shape"):
+        loaded.predict(X[:, :17, :17])

@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -618,3 +619,66 @@ def test_a_module_class_keeps_its_own_initialization_seeded_by_the_fit():
         threaded = list(pool.map(build, [7, 8, 7, 8]))
     for got, expected in zip(threaded, [net, other, net, other]):
         assert torch.equal(got.conv.weight, expected.conv.weight)
+
+
+def test_diverging_training_is_an_error_naming_lr_and_epoch(rgb_data):
+    X, y = rgb_data
+    clf = PatchCNNClassifier(3, **FAST).fit(X, y)
+    # a nan or inf loss in some batch, or overflowed weights at an epoch's end
+    with pytest.raises(ValueError, match=r"non-finite|loss is .*nan|loss is .*inf") as raised:
+        clf.set_params(lr=1e6).fit(X, y)
+    message = str(raised.value)
+    assert "PatchCNNClassifier" in message and re.search(r"at epoch \d of 2", message)
+    assert "lr=1000000.0" in message and "lower learning rate, e.g. lr=100000" in message
+    # no mix of the first fit and the failed one: the estimator is unfitted
+    assert not hasattr(clf, "net_") and not hasattr(clf, "classes_")
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+
+
+class _PoisonLastStep(Callback):
+    """Turns one weight into nan after the last batch of the first epoch (its loss was finite)."""
+
+    def on_batch_end(self, net, training=None, **kwargs):
+        history = net.history
+        if training and len(history) == 1 and len(history[-1]["batches"]) == 2:
+            with torch.no_grad():
+                net.module_.core.fc.bias[0] = float("nan")
+
+
+def test_non_finite_weights_after_a_finite_loss_are_an_error(rgb_data):
+    X, y = rgb_data  # 24 images in batches of 16 + 8: two batches per epoch
+    clf = PatchCNNClassifier(3, **{**FAST, "callbacks": [_PoisonLastStep()]})
+    with pytest.raises(ValueError, match=r"weights became non-finite .* at epoch 1 of 2 with "
+                                         r"lr=0\.05.* e\.g\. lr=0\.005"):
+        clf.fit(X, y)
+
+
+def test_set_params_after_fit_leaves_inference_unchanged(fitted, rgb_data):
+    X, y = rgb_data
+    clf = pickle.loads(pickle.dumps(fitted))
+    before = (clf.patch_logits(X), clf.patch_logits(X, stride=2, padding="same"),
+              clf.predict_proba(X), clf.predict(X), clf.score(X, y))
+    # parameters that shape the network or describe rows take effect at the next fit only
+    clf.set_params(patch_size=5, module="resnet18", width=8, image_shape=(2, 2))
+    after = (clf.patch_logits(X), clf.patch_logits(X, stride=2, padding="same"),
+             clf.predict_proba(X), clf.predict(X), clf.score(X, y))
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(new, old)
+    # rows are read with the fitted image_shape_, not the changed parameter
+    np.testing.assert_array_equal(clf.predict_proba(X.reshape(len(X), -1)), before[2])
+    # a bad inference mode set after fit is an error, not a silent fallback
+    with pytest.raises(ValueError, match="inference must be"):
+        clf.set_params(inference="patch").predict(X)
+
+
+def test_refit_forgets_the_earlier_fit(rgb_data):
+    X, y = rgb_data
+    clf = PatchCNNClassifier(3, **{**FAST, "train_split": 0.25,
+                                   "callbacks": [("epochs", _CountEpochs())]}).fit(X, y)
+    assert "valid_loss" in clf.history_[-1] and "epochs" in clf.callbacks_
+    clf.stale_ = "an attribute only the first fit wrote"
+    clf.set_params(train_split=None, callbacks=None).fit(X[:, :, :, :1], y)
+    assert not hasattr(clf, "stale_")
+    assert "valid_loss" not in clf.history_[-1] and "epochs" not in clf.callbacks_
+    assert clf.image_shape_ == (9, 8, 1) and clf.channel_mean_.shape == (1,)

@@ -1,6 +1,7 @@
 """PatchDictionaryCodes (the frozen embedding as a torch module) and PatchDictionaryClassifier."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -278,3 +279,46 @@ def test_bad_parameters_name_the_parameter(digits, params, name):
     clf = PatchDictionaryClassifier(**dict(TINY, **params))
     with pytest.raises(ValueError, match=name):
         clf.fit(digits[0][:60], digits[1][:60])
+
+
+# a second layer that fits the 3 x 3 output map of the first on 8 x 8 digits
+TWO_LAYERS = [{}, {"patch_size": 2, "pooling": (2, 1), "n_atoms": 8, "n_neighbors": 2}]
+
+
+def test_diverging_training_is_an_error_naming_lr_epoch_and_layer(digits):
+    X, y = digits[0][:100], digits[1][:100]
+    clf = PatchDictionaryClassifier(**dict(TINY, layers=TWO_LAYERS, lr=1e6))
+    with pytest.raises(ValueError, match=r"non-finite|loss is .*nan|loss is .*inf") as raised:
+        clf.fit(X, y)
+    message = str(raised.value)
+    assert "PatchDictionaryClassifier" in message
+    assert re.search(r"at epoch \d of 2(, batch \d+)? \(layer 1 of 2\)", message)
+    assert "lr=1000000.0" in message and "lower learning rate, e.g. lr=100000" in message
+    assert not hasattr(clf, "embeddings_") and not hasattr(clf, "net_")
+
+
+def test_set_params_after_fit_leaves_predictions_unchanged(digits):
+    X, y = digits[0][:100], digits[1][:100]
+    clf = PatchDictionaryClassifier(**TINY).fit(X, y)
+    before = clf.predict_proba(X), clf.predict(X), clf.score(X, y)
+    clf.set_params(patch_size=2, n_atoms=8, n_neighbors=2, pooling=(2, 2), bottleneck=2,
+                   final_pooling=1, batchnorm=False, depth=3, crop_padding=1,
+                   image_shape=(4, 4))
+    after = clf.predict_proba(X), clf.predict(X), clf.score(X, y)
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(new, old)
+    np.testing.assert_array_equal(clf.predict_proba(X.reshape(len(X), -1)), before[0])
+
+
+def test_refit_with_fewer_layers_forgets_the_deeper_fit(digits):
+    X, y = digits[0][:100], digits[1][:100]
+    clf = PatchDictionaryClassifier(**dict(TINY, layers=TWO_LAYERS)).fit(X, y)
+    assert len(clf.embeddings_) == len(clf.layer_histories_) == 2
+    clf.set_params(layers=None).fit(X, y)
+    assert clf.n_layers_ == 1 and len(clf.module_.core.layers) == 1
+    assert len(clf.embeddings_) == len(clf.layer_histories_) == 1
+    assert clf.layer_histories_[0] is clf.history_
+    # a refit that fails leaves nothing of the earlier fit
+    with pytest.raises(ValueError, match="lr="):
+        clf.set_params(lr=1e6).fit(X, y)
+    assert not any(name.endswith("_") and not name.startswith("__") for name in vars(clf))
