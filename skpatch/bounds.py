@@ -24,6 +24,7 @@ from sklearn.utils.validation import (
 )
 
 from ._bound_calibration import _least_squares_linear
+from .utils._validation import _reset_fitted_attributes
 
 from ._bound_formula import (
     _ALPHA_RANGE,
@@ -325,6 +326,7 @@ class PatchBoundPredictor(RegressorMixin, BaseEstimator):
         self : PatchBoundPredictor
             The fitted predictor.
         """
+        _reset_fitted_attributes(self)
         stride_hw = self._check_params()
         calibrate = tuple(self.calibrate)
         if y is None:

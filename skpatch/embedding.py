@@ -32,6 +32,7 @@ from .utils._validation import (
     _check_input_scale,
     _dtype_family,
     _peak,
+    _reset_fitted_attributes,
     _to_float,
     check_size_pair,
     validate_images,
@@ -520,6 +521,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         -------
         self : PatchDictionaryEmbedding
         """
+        self._forget_previous_fit()
         if is_dask_array(X):  # a stream: validated by reductions, only the sample computed
             from ._dask import validate_image_stream
 
@@ -545,15 +547,20 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         """
         if is_dask_array(X):
             return self.fit(X).transform(X)
+        self._forget_previous_fit()
         images = self._validate_images(X, reset=True)
         return self._fit(images)._transform(images)
+
+    def _forget_previous_fit(self):
+        """Drop the fitted attributes and the encoder that a previous fit left."""
+        _reset_fitted_attributes(self)
+        self._encoder = None
 
     def _fit(self, images):
         from .utils import _faiss
 
         random_state = check_random_state(self.random_state)
         k = self._check_params_vs_input(images)
-        self._encoder = None  # a refit drops the engine of the previous fit
         self.device_ = resolve_device(self.device)
         use_gpu = self.device_.startswith("cuda")
         start = time.perf_counter()

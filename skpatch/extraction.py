@@ -31,6 +31,7 @@ from ._dask import is_dask_array, map_row_blocks
 from .utils._grid import patch_grid_shape
 from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
+    _reset_fitted_attributes,
     check_images,
     check_size_pair,
     restore_layout,
@@ -627,6 +628,7 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         -------
         self : PatchExtractor
         """
+        _reset_fitted_attributes(self)
         if is_dask_array(X):  # the values checked by reductions, nothing held in memory
             from ._dask import validate_image_stream
 

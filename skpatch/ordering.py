@@ -40,6 +40,7 @@ from .extraction import extract_patches
 from .utils._grid import patch_grid_shape
 from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
+    _reset_fitted_attributes,
     check_images,
     check_size_pair,
     restore_layout,
@@ -538,6 +539,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         -------
         self : PatchOrderer
         """
+        _reset_fitted_attributes(self)
         if is_dask_array(X):  # the values checked by reductions, nothing held in memory
             from ._dask import validate_image_stream
 
@@ -589,6 +591,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         if is_dask_array(X):
             return self.fit(X).transform(X)
         self._validate_params()
+        _reset_fitted_attributes(self)
         layout = _layout_of(X)
         images = validate_images(self, X, reset=True)
         self.patch_grid_shape_ = self._check_params_vs_input(images)

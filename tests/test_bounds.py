@@ -542,3 +542,21 @@ def test_dataframe_with_extra_columns_is_an_error_not_silently_dropped():
     np.testing.assert_allclose(
         by_name.predict(settings), plain.predict(settings.to_numpy(float))
     )
+
+
+def test_refit_forgets_the_previous_fit(rng):
+    pd = pytest.importorskip("pandas")
+    X = _settings(rng, 20)
+    y = _reference_targets(X, c4=0.2, c6=3.0)
+    frame = pd.DataFrame(X, columns=bounds_module.FEATURE_NAMES[:6])
+    model = PatchBoundPredictor().fit(frame, y)
+    assert hasattr(model, "feature_names_in_")
+    model.stale_ = "left by an older fit"  # as an attribute set only under some settings
+    model.set_params(calibrate=(), c4=0.7)
+    model.fit(X)
+    fresh = PatchBoundPredictor(calibrate=(), c4=0.7).fit(X)
+    fitted = sorted(n for n in vars(model) if n.endswith("_") and not n.startswith("_"))
+    assert fitted == sorted(n for n in vars(fresh) if n.endswith("_") and not n.startswith("_"))
+    assert not hasattr(model, "stale_") and not hasattr(model, "feature_names_in_")
+    assert (model.alpha_, model.c4_, model.c6_) == (fresh.alpha_, fresh.c4_, fresh.c6_)
+    assert_array_equal(model.predict(X), fresh.predict(X))

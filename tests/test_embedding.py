@@ -1,4 +1,5 @@
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -775,3 +776,47 @@ def test_import_does_not_load_torch_or_faiss():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def _fitted_attributes(est):
+    return sorted(name for name in vars(est) if name.endswith("_") and not name.startswith("_"))
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_transform"])
+def test_refit_without_flip_invariant_forgets_mirror_atoms(method):
+    X = _images(n=6, size=7)
+    params = dict(patch_size=3, n_atoms=8, n_neighbors=2, pooling=2, random_state=0)
+    emb = PatchDictionaryEmbedding(flip_invariant=True, **params).fit(X)
+    assert hasattr(emb, "mirror_atoms_")
+
+    emb.set_params(flip_invariant=False)
+    getattr(emb, method)(X)
+    assert not hasattr(emb, "mirror_atoms_")
+    fresh = PatchDictionaryEmbedding(flip_invariant=False, **params).fit(X)
+    assert _fitted_attributes(emb) == _fitted_attributes(fresh)
+    assert_array_equal(emb.atoms_, fresh.atoms_)
+    assert emb.n_features_out_ == fresh.n_features_out_ == 4 * 8
+    assert_array_equal(emb.transform(X), fresh.transform(X))
+    assert emb.get_feature_names_out().tolist() == fresh.get_feature_names_out().tolist()
+
+
+def test_refit_on_images_drops_the_feature_names_of_a_dataframe_fit():
+    pd = pytest.importorskip("pandas")
+    X = _images(n=6, size=5, channels=1)
+    frame = pd.DataFrame(X.reshape(6, -1), columns=[f"px{i}" for i in range(25)])
+    emb = PatchDictionaryEmbedding(
+        patch_size=3, n_atoms=6, n_neighbors=2, pooling=1, image_shape=(5, 5), random_state=0
+    ).fit(frame)
+    assert hasattr(emb, "feature_names_in_")
+    emb.fit(X[..., 0])
+    assert not hasattr(emb, "feature_names_in_")
+
+
+def test_channels_first_images_warn_at_fit():
+    X = np.moveaxis(_images(n=6, size=6), -1, 1)  # (n, 3, 6, 6): channels first
+    emb = PatchDictionaryEmbedding(patch_size=2, n_atoms=4, n_neighbors=2, pooling=1)
+    with pytest.warns(UserWarning, match=r"X of shape \(6, 3, 6, 6\) .*np\.moveaxis\(X, 1, -1\)"):
+        emb.fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        emb.fit(np.moveaxis(X, 1, -1))

@@ -1,6 +1,7 @@
 """Patch extraction against sklearn, hand-worked cases and round trips."""
 
 import pickle
+import re
 from math import comb
 
 import numpy as np
@@ -440,3 +441,46 @@ def test_max_patches_draw_is_identical_whatever_the_key_chunking(monkeypatch, ke
     np.testing.assert_array_equal(
         extract_patches(images, 3, max_patches=0.3, random_state=4), expected
     )
+
+
+def _fitted_attributes(est):
+    return sorted(name for name in vars(est) if name.endswith("_") and not name.startswith("_"))
+
+
+def test_refit_forgets_the_previous_fit():
+    images = np.arange(2 * 6 * 6, dtype=np.uint8).reshape(2, 6, 6)
+    extractor = PatchExtractor(3, max_patches=2, random_state=0).fit(images[:, :5])
+    extractor.stale_ = "left by an older fit"  # as an attribute set only under some settings
+    extractor.set_params(max_patches=None, stride=3)
+    extractor.fit(images)
+    fresh = PatchExtractor(3, stride=3).fit(images)
+    assert not hasattr(extractor, "stale_")
+    assert _fitted_attributes(extractor) == _fitted_attributes(fresh)
+    assert (extractor.image_shape_, extractor.patch_grid_shape_, extractor.n_patches_) == (
+        (6, 6, 1), (2, 2), 4
+    )
+    np.testing.assert_array_equal(extractor.transform(images), fresh.transform(images))
+
+
+LAYOUT = re.escape(
+    "X must be (n, H, W[, C]) images, or 2-D rows (n, H*W*C) with image_shape=(H, W[, C])"
+)
+
+
+@pytest.mark.parametrize("fitted", [False, True], ids=["stateless_transform", "after_fit"])
+def test_1d_masked_and_channels_first_input_fitted_or_not(fitted):
+    images = np.zeros((2, 3, 8, 8))  # channels first
+    extractor = PatchExtractor(2)
+    if fitted:
+        with pytest.warns(UserWarning, match=r"X of shape \(2, 3, 8, 8\) .*np\.moveaxis"):
+            extractor.fit(images)
+    with pytest.raises(ValueError, match=f"^{LAYOUT}; got a 1-D array of shape \\(8,\\)"):
+        extractor.transform(np.zeros(8))
+    masked = np.ma.masked_array(images, mask=images == 0)
+    with pytest.raises(TypeError, match=r"masked arrays are not supported.*X\.filled"):
+        extractor.transform(masked)
+    with pytest.warns(UserWarning, match=r"X of shape \(2, 3, 8, 8\) .*channels-first"):
+        extractor.transform(images)
+    rows = PatchExtractor(2, image_shape=(3, 8, 8))
+    with pytest.warns(UserWarning, match=r"image_shape=\(3, 8, 8\) reads each row of X"):
+        rows.fit_transform(images.reshape(2, -1))

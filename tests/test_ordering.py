@@ -425,3 +425,43 @@ def test_histogram_measures_warn_on_values_outside_unit_range():
         PatchOrderer(patch_size=4, measure="mutual_information").fit_transform(in_range)
         # distance measures need no histogram range: no warning on any scale
         PatchOrderer(patch_size=4, measure="l2").fit_transform(images)
+
+
+def _fitted_attributes(est):
+    return sorted(name for name in vars(est) if name.endswith("_") and not name.startswith("_"))
+
+
+@pytest.mark.parametrize("method", ["fit", "fit_transform"])
+def test_refit_forgets_the_previous_fit(method, rng):
+    pd = pytest.importorskip("pandas")
+    images = rng.random((4, 8, 12))
+    frame = pd.DataFrame(images.reshape(4, -1), columns=[f"px{i}" for i in range(96)])
+    orderer = PatchOrderer(2, measure="l2", image_shape=(8, 12)).fit(frame)
+    assert hasattr(orderer, "feature_names_in_")
+    orderer.stale_ = "left by an older fit"  # as an attribute set only under some settings
+
+    orderer.set_params(patch_size=4, image_shape=None)
+    getattr(orderer, method)(images)
+    fresh = PatchOrderer(4, measure="l2").fit(images)
+    assert not hasattr(orderer, "feature_names_in_")
+    assert not hasattr(orderer, "stale_")
+    assert _fitted_attributes(orderer) == _fitted_attributes(fresh)
+    assert orderer.patch_grid_shape_ == fresh.patch_grid_shape_ == (2, 3)
+    np.testing.assert_array_equal(orderer.transform(images), fresh.transform(images))
+
+
+def test_estimator_input_errors_say_what_it_expects(rng):
+    orderer = PatchOrderer(2, measure="l2")
+    with pytest.raises(ValueError, match=r"^X must be \(n, H, W\[, C\]\) images, or 2-D rows "
+                       r"\(n, H\*W\*C\) with image_shape=\(H, W\[, C\]\); got a 1-D array "
+                       r"of shape \(64,\)\. Reshape your data"):
+        orderer.fit(rng.random(64))
+    images = rng.random((2, 8, 8))
+    orderer.fit(images)
+    with pytest.raises(ValueError, match=r"^X must be .*; got a scalar \(0-D\)"):
+        orderer.transform(np.float64(1.0))
+    masked = np.ma.masked_greater(images, 0.5)
+    with pytest.raises(TypeError, match=r"^X is a numpy masked array .*X\.filled\(\.\.\.\)"):
+        orderer.transform(masked)
+    with pytest.warns(UserWarning, match=r"X of shape \(2, 4, 8, 8\) .*channels-first"):
+        PatchOrderer(2, measure="l2").fit(rng.random((2, 4, 8, 8)))  # RGBA, channels first

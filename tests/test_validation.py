@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_image_shape_with_inferred_entry():
 @pytest.mark.parametrize(
     "X, kwargs, error, match",
     [
-        (np.zeros(5), {}, ValueError, "Expected 2D array"),
+        (np.zeros(5), {}, ValueError, r"X must be \(n, H, W\[, C\]\) images, or 2-D rows"),
         (np.zeros((2, 3, 4, 5, 6)), {}, ValueError, "got 5-D"),
         (np.zeros((2, 12)), {}, ValueError, "pass image_shape"),
         (np.zeros((2, 12)), {"image_shape": (3, 5)}, ValueError, "image_shape=.*15 values"),
@@ -210,3 +211,127 @@ def test_estimators_warn_on_the_uint8_float_scale_trap(index, recwarn):
     np.testing.assert_allclose(from_unit, from_uint8, rtol=1e-5, atol=1e-5 * scale)
     with pytest.warns(UserWarning, match=f"{type(est).__name__} was fitted on uint8"):
         getattr(est, method)(pixels.astype(np.float64))
+
+
+EXPECTED_LAYOUT = re.escape(
+    "must be (n, H, W[, C]) images, or 2-D rows (n, H*W*C) with image_shape=(H, W[, C])"
+)
+
+
+def _validators():
+    """Each entry point of the data contract, as ``validate(X)``."""
+    return {
+        "check_images": lambda X: check_images(X),
+        "validate_images_fit": lambda X: validate_images(_Recorder(), X, reset=True),
+        "validate_images_rows": lambda X: validate_images(
+            _Recorder(image_shape=(4, 4)), X, reset=True
+        ),
+    }
+
+
+@pytest.mark.parametrize("validator", list(_validators()))
+@pytest.mark.parametrize(
+    "X, got",
+    [
+        (np.zeros(16), r"got a 1-D array of shape \(16,\)"),
+        ([0.0, 1.0, 2.0], r"got a 1-D array of shape \(3,\)"),
+        (np.float64(3.0), r"got a scalar \(0-D\)"),
+        (np.zeros(()), r"got a scalar \(0-D\)"),
+    ],
+    ids=["1d", "1d_list", "0d_scalar", "0d_array"],
+)
+def test_0d_and_1d_input_say_what_an_image_estimator_expects(validator, X, got):
+    # "Reshape your data" is the fragment scikit-learn's check_fit2d_predict1d matches
+    with pytest.raises(ValueError, match=f"^X {EXPECTED_LAYOUT}; {got}. Reshape your data"):
+        _validators()[validator](X)
+
+
+def test_1d_error_names_the_input():
+    with pytest.raises(ValueError, match=f"^images {EXPECTED_LAYOUT}; got a 1-D array"):
+        check_images(np.zeros(4), input_name="images")
+
+
+def _masked(shape):
+    data = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    mask = np.zeros(shape, dtype=bool)
+    mask.flat[[0, 5]] = True
+    return np.ma.masked_array(data, mask=mask)
+
+
+MASKED_MESSAGE = (
+    r"^X is a numpy masked array with masked entries \(2 of 32\): masked arrays are "
+    r"not supported .*fill them \(X\.filled\(\.\.\.\)\) or drop the masked images"
+)
+
+
+@pytest.mark.parametrize("validator", list(_validators()))
+def test_masked_array_with_masked_entries_is_rejected(validator):
+    shape = (2, 16) if validator == "validate_images_rows" else (2, 4, 4)
+    with pytest.raises(TypeError, match=MASKED_MESSAGE):
+        _validators()[validator](_masked(shape))
+
+
+def test_masked_array_error_names_the_input_and_4d_is_rejected_too():
+    with pytest.raises(TypeError, match=r"^images is a numpy masked array.*images\.filled"):
+        check_images(_masked((2, 4, 4, 1)), input_name="images")
+
+
+@pytest.mark.parametrize("validator", list(_validators()))
+def test_masked_array_with_nothing_masked_is_taken_as_its_data(validator):
+    shape = (2, 16) if validator == "validate_images_rows" else (2, 4, 4)
+    data = np.arange(32.0).reshape(shape)
+    for mask in (np.ma.nomask, np.zeros(shape, dtype=bool)):
+        out = _validators()[validator](np.ma.masked_array(data, mask=mask))
+        assert type(out) is np.ndarray
+        np.testing.assert_array_equal(out.reshape(shape), data)
+
+
+def test_channels_first_array_warns_naming_the_shape_and_the_fix():
+    X = np.zeros((2, 3, 32, 32))
+    expected = (
+        r"X of shape \(2, 3, 32, 32\) is read as 3x32 images with 32 channels, .*"
+        r"channels-first .*np\.moveaxis\(X, 1, -1\), of shape \(n, 32, 32, 3\)"
+    )
+    with pytest.warns(UserWarning, match=expected) as record:
+        out = check_images(X)
+    assert out.shape == (2, 3, 32, 32)  # warned, read as the contract says
+    assert record[0].filename == __file__  # points at the caller's line
+    with pytest.warns(UserWarning, match=expected) as record:
+        validate_images(_Recorder(), X, reset=True)
+    assert len([w for w in record if "channels-first" in str(w.message)]) == 1
+    with pytest.warns(UserWarning, match=r"images of shape \(1, 1, 8, 8\)"):
+        check_images(np.zeros((1, 1, 8, 8)), input_name="images")
+
+
+def test_channels_first_image_shape_of_rows_warns():
+    rows = np.zeros((2, 3 * 8 * 8))
+    expected = (
+        r"image_shape=\(3, 8, 8\) reads each row of X as 3x8 images with 8 channels, "
+        r".*np\.moveaxis\(X\.reshape\(-1, 3, 8, 8\), 1, -1\) \(images \(n, 8, 8, 3\)\)"
+    )
+    with pytest.warns(UserWarning, match=expected):
+        check_images(rows, image_shape=(3, 8, 8))
+    with pytest.warns(UserWarning, match=expected):
+        validate_images(_Recorder(image_shape=(3, 8, 8)), rows, reset=True)
+    with pytest.warns(UserWarning, match=r"image_shape=\(4, -1, 6\) reads each row"):
+        check_images(np.zeros((2, 48)), image_shape=(4, -1, 6))
+
+
+@pytest.mark.parametrize(
+    "X, image_shape",
+    [
+        (np.zeros((2, 3, 3, 3)), None),  # last axis not above 4
+        (np.zeros((2, 4, 4, 4)), None),
+        (np.zeros((2, 8, 8, 3)), None),  # channels last
+        (np.zeros((2, 2, 8, 8)), None),  # first axis not 1, 3 or 4
+        (np.zeros((2, 3, 32)), None),  # grayscale: no channel axis to misread
+        (np.zeros((2, 24)), (3, 8)),  # grayscale rows
+        (np.zeros((2, 24)), (1, -1)),  # one-pixel-high strips, as in the estimator checks
+        (np.zeros((2, 24)), (8, 1, 3)),
+    ],
+)
+def test_channels_last_and_grayscale_shapes_do_not_warn(X, image_shape):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_images(X, image_shape=image_shape)
+        validate_images(_Recorder(image_shape=image_shape), X, reset=True)

@@ -4,10 +4,13 @@ Images come as ``(n, H, W)``, ``(n, H, W, C)`` (channels last), or as 2-D rows
 ``(n, H*W*C)`` together with ``image_shape=(H, W[, C])``. Everything is
 returned as a 4-D ``(n, H, W, C)`` array so that downstream code has a single
 layout to handle; :func:`restore_layout` maps results back to the caller's
-layout.
+layout. Channels-first input, ``(n, C, H, W)`` arrays or rows with
+``image_shape=(C, H, W)``, would be read as ``C x H`` images with ``W``
+channels: it is warned about when its shape gives it away.
 """
 
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -118,6 +121,98 @@ def check_image_shape(image_shape, n_features=None):
     return dims
 
 
+_EXPECTED_LAYOUT = (
+    "(n, H, W[, C]) images, or 2-D rows (n, H*W*C) with image_shape=(H, W[, C])"
+)
+
+
+def _input_ndim(X):
+    """``X.ndim`` without converting ``X``; None for input numpy cannot shape (ragged lists)."""
+    ndim = getattr(X, "ndim", None)
+    if ndim is None:
+        try:
+            ndim = np.asarray(X).ndim
+        except ValueError:  # ragged nested lists: check_array reports them
+            return None
+    return ndim
+
+
+def _check_input_kind(X, input_name):
+    """Reject what the image contract cannot hold, before any conversion.
+
+    Masked arrays (``np.asarray`` would drop their mask), non-numeric and
+    complex data, and 0-D or 1-D input.
+    """
+    if isinstance(X, np.ma.MaskedArray) and np.ma.getmaskarray(X).any():
+        raise TypeError(
+            f"{input_name} is a numpy masked array with masked entries "
+            f"({int(np.ma.count_masked(X))} of {X.size}): masked arrays are not "
+            "supported (skpatch would read the values under the mask); fill them "
+            f"({input_name}.filled(...)) or drop the masked images. A masked array "
+            "with nothing masked is accepted."
+        )
+    _reject_non_numeric(X, input_name)
+    ndim = _input_ndim(X)
+    if ndim is not None and ndim < 2:
+        if ndim == 0:
+            got, hint = "a scalar (0-D)", "pass a batch of images, not a single number"
+        else:
+            got = f"a 1-D array of shape {np.shape(X)}"
+            hint = (
+                f"{input_name}.reshape(1, -1) with image_shape if it holds the pixels of "
+                "a single image"
+            )
+        raise ValueError(
+            f"{input_name} must be {_EXPECTED_LAYOUT}; got {got}. Reshape your data: "
+            f"{hint}."
+        )
+
+
+def _external_stacklevel():
+    """``stacklevel`` of the first caller outside skpatch and scikit-learn."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in (
+        "skpatch",
+        "sklearn",
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_if_channels_first(shape, given, input_name):
+    """Warn when ``(H, W, C)`` images look like channels-first ``(C, H, W)`` ones.
+
+    A first axis of 1, 3 or 4 (grayscale, RGB, RGBA) with more than 4 values on
+    the last axis is far likelier a ``(C, H, W)`` image than a strip of a few
+    pixels with many channels. ``given`` is the ``image_shape`` tuple for 2-D
+    rows, or the shape of the 4-D array.
+    """
+    height, width, channels = shape
+    if height not in (1, 3, 4) or channels <= 4:
+        return
+    moved = f"(n, {width}, {channels}, {height})"
+    if len(given) == 3:  # image_shape of 2-D rows
+        what = f"image_shape={tuple(given)!r} reads each row of {input_name}"
+        fix = (
+            f"if each row holds a channels-first (C, H, W) image, pass "
+            f"np.moveaxis({input_name}.reshape(-1, {height}, {width}, {channels}), 1, -1) "
+            f"(images {moved}) instead"
+        )
+    else:
+        what = f"{input_name} of shape {tuple(given)} is read"
+        fix = (
+            f"if it holds (n, C, H, W) images, pass np.moveaxis({input_name}, 1, -1), of "
+            f"shape {moved}"
+        )
+    warnings.warn(
+        f"{what} as {height}x{width} images with {channels} channels, which looks like "
+        f"channels-first data with {height} channel(s): skpatch takes images channels "
+        f"last, (n, H, W, C); {fix}.",
+        UserWarning,
+        stacklevel=_external_stacklevel(),
+    )
+
+
 def _reject_non_numeric(X, input_name):
     dtype = getattr(X, "dtype", None)
     if dtype is None:
@@ -209,10 +304,19 @@ def check_images(
     Raises
     ------
     TypeError
-        Non-numeric data.
+        Non-numeric data; a numpy masked array with masked entries (one with
+        nothing masked is taken as its data).
     ValueError
-        Complex data, wrong number of dimensions, ``image_shape`` not matching
-        the row length, NaN or infinite values, no images, zero-size images.
+        Complex data, wrong number of dimensions (0-D and 1-D included),
+        ``image_shape`` not matching the row length, NaN or infinite values,
+        no images, zero-size images.
+
+    Warns
+    -----
+    UserWarning
+        When the images look channels-first: a 4-D ``X`` or 3-entry
+        ``image_shape`` whose ``H`` is 1, 3 or 4 and whose ``C`` is above 4,
+        such as ``(n, 3, 32, 32)``.
 
     Examples
     --------
@@ -225,7 +329,7 @@ def check_images(
     """
     if dtype not in (None, "float"):
         raise ValueError(f"dtype must be None or 'float', got {dtype!r}.")
-    _reject_non_numeric(X, input_name)
+    _check_input_kind(X, input_name)
     images = check_array(
         X,
         accept_sparse=False,
@@ -241,7 +345,7 @@ def check_images(
     return _to_image_layout(images, image_shape, dtype, input_name)
 
 
-def _to_image_layout(images, image_shape, dtype, input_name):
+def _to_image_layout(images, image_shape, dtype, input_name, *, check_channels=True):
     if images.dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {input_name} is complex.")
     if images.ndim == 2:
@@ -252,8 +356,12 @@ def _to_image_layout(images, image_shape, dtype, input_name):
                 "or pass images as (n, H, W) or (n, H, W, C)."
             )
         shape = check_image_shape(image_shape, images.shape[1])
+        if check_channels and len(image_shape) == 3:
+            _warn_if_channels_first(shape, image_shape, input_name)
         images = images.reshape((images.shape[0],) + shape)
     elif images.ndim in (3, 4):
+        if check_channels and images.ndim == 4:
+            _warn_if_channels_first(images.shape[1:], images.shape, input_name)
         if images.ndim == 3:
             images = images[..., np.newaxis]
         if image_shape is not None:
@@ -320,7 +428,8 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
     ``n_features_in_`` and ``feature_names_in_`` behave as in scikit-learn.
     On ``reset=True`` the image shape is stored in ``image_shape_`` as
     ``(H, W, C)`` and the input layout in ``_input_layout``; otherwise images
-    of another shape are an error.
+    of another shape are an error. Input is rejected, and channels-first
+    shapes are warned about, as in :func:`check_images`.
 
     Parameters
     ----------
@@ -346,11 +455,9 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
     if isinstance(image_shape, str) and image_shape == "param":
         image_shape = getattr(estimator, "image_shape", None)
     name = type(estimator).__name__
-    _reject_non_numeric(X, "X")
-    ndim = getattr(X, "ndim", None)
-    if ndim is None:
-        ndim = np.asarray(X).ndim
-    if ndim <= 2:
+    _check_input_kind(X, "X")
+    ndim = _input_ndim(X)
+    if ndim is None or ndim <= 2:
         # tabular path: sklearn handles feature counts and names
         rows = validate_data(
             estimator,
@@ -360,8 +467,8 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
             ensure_all_finite=True,
             ensure_min_samples=1,
         )
-        if rows.ndim != 2:  # 1-D input is rejected by validate_data already
-            raise ValueError(f"X must be 2-D rows, got shape {rows.shape}.")
+        if rows.ndim != 2:  # pragma: no cover - _check_input_kind rejects 0-D and 1-D X
+            raise ValueError(f"X must be {_EXPECTED_LAYOUT}; got shape {rows.shape}.")
         if not reset:
             image_shape = getattr(estimator, "image_shape_", image_shape)
         family = _dtype_family(rows.dtype)
@@ -381,7 +488,8 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
             if hasattr(estimator, "feature_names_in_"):
                 del estimator.feature_names_in_
         family = _dtype_family(images.dtype)
-        images = _to_image_layout(images, None, dtype, "X")
+        # check_images has warned about a channels-first look already
+        images = _to_image_layout(images, None, dtype, "X", check_channels=False)
         layout = "grayscale" if ndim == 3 else "channels_last"
     if dtype == "float":
         if reset:
@@ -398,6 +506,22 @@ def validate_images(estimator, X, *, reset, dtype=None, image_shape="param"):
             f"{name} was fitted on images of shape {tuple(estimator.image_shape_)}."
         )
     return images
+
+
+def _reset_fitted_attributes(estimator):
+    """Delete the fitted attributes a previous ``fit`` left on ``estimator``.
+
+    Called first thing in ``fit``: a second ``fit`` forgets the first
+    (scikit-learn's rule), so an attribute set only under some settings, such
+    as ``mirror_atoms_`` with ``flip_invariant=True``, cannot outlive a refit
+    without them. Fitted attributes are the public names ending in ``_``.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+    """
+    for name in [n for n in vars(estimator) if n.endswith("_") and not n.startswith("_")]:
+        delattr(estimator, name)
 
 
 def restore_layout(images, layout):
