@@ -20,7 +20,7 @@ from skpatch.diagnostics import (
     relu_activations,
     relu_paths,
 )
-from skpatch.diagnostics import _measures
+from skpatch.diagnostics import _gram, _measures
 from skpatch.diagnostics._paths import _packbits_torch
 from skpatch.nn import resnet10
 
@@ -484,3 +484,93 @@ def test_measure_input_errors():
     with pytest.raises(ValueError, match="queries must index the 3 images"):
         neighbour_ranks(paths, [5])
     assert path_overlap(paths, pairs=np.empty((0, 2), dtype=int))["a"].shape == (0,)
+
+
+# ---------------------------------------- exact counts: every arithmetic, every device
+
+
+def _random_epochs(n_images=23, n_units=1003, seed=5):
+    """Packed paths of two 'epochs' with a few all-zero rows (NaN cosines)."""
+    rng = np.random.default_rng(seed)
+    before = rng.random((n_images, n_units)) < rng.uniform(0.05, 0.9, (n_images, 1))
+    after = before ^ (rng.random((n_images, n_units)) < 0.2)
+    before[3] = after[7] = False
+    return (
+        {"a": np.packbits(before, axis=1), "b": np.packbits(after[:, :517], axis=1)},
+        {"a": np.packbits(after, axis=1), "b": np.packbits(before[:, :517], axis=1)},
+    )
+
+
+EPOCH_PAIRS = {
+    "all": None,
+    "some": np.array([[0, 1], [3, 7], [9, 2], [4, 4], [5, 0], [2, 9]]),
+}
+
+
+def _epoch(before, after, pairs, device):
+    return _measures._path_epoch(before, after, pairs, np.array([0, 7, 3]), device)
+
+
+def _assert_same_epoch(got, expected):
+    (record, on_counts), (expected_record, expected_on) = got, expected
+    assert record.keys() == expected_record.keys()
+    for kind, layers in expected_record.items():
+        for layer, array in layers.items():
+            assert record[kind][layer].dtype == array.dtype, (kind, layer)
+            np.testing.assert_array_equal(record[kind][layer], array, err_msg=f"{kind} {layer}")
+    for layer, counts in expected_on.items():
+        np.testing.assert_array_equal(on_counts[layer], counts)
+
+
+@pytest.mark.parametrize("pairs", sorted(EPOCH_PAIRS))
+def test_monitor_epoch_equals_the_public_measures(pairs):
+    # the monitor's one-pass epoch gives the public functions' numbers, bit for bit
+    before, after = _random_epochs()
+    pairs = EPOCH_PAIRS[pairs]
+    record, on_counts = _epoch(before, after, pairs, "cpu")
+    expected = {
+        "overlap": path_overlap(after, pairs),
+        "neighbour_ranks": neighbour_ranks(after, [0, 7, 3]),
+        "self_similarity": path_similarity(before, after),
+        "cross_similarity": cross_path_similarity(before, after, pairs),
+    }
+    on = {layer: _bits(after)[layer].sum(1).astype(np.int64) for layer in after}
+    _assert_same_epoch((record, on_counts), (expected, on))
+    first, _ = _epoch(None, after, pairs, "cpu")
+    assert sorted(first) == ["neighbour_ranks", "overlap"]
+
+
+@pytest.mark.parametrize("pairs", sorted(EPOCH_PAIRS))
+def test_float32_gemm_counts_equal_the_int8_ones(monkeypatch, pairs):
+    # the GPU's arithmetic (float32 GEMMs, chunked below 2**24 terms), here on the CPU
+    before, after = _random_epochs()
+    expected = _epoch(before, after, EPOCH_PAIRS[pairs], "cpu")
+    monkeypatch.setattr(_gram, "_int8_gemm", lambda device: False)
+    _assert_same_epoch(_epoch(before, after, EPOCH_PAIRS[pairs], "cpu"), expected)
+    monkeypatch.setattr(_gram, "_FLOAT32_EXACT_TERMS", 16)  # 2 bytes of units per chunk
+    _assert_same_epoch(_epoch(before, after, EPOCH_PAIRS[pairs], "cpu"), expected)
+
+
+def test_int8_gemm_counts_equal_bool_counts_on_a_full_layer():
+    # 16384 units, as a ResNet stem of width 16 on 32 x 32 images: int32 sums far above 127
+    bits = np.random.default_rng(6).random((40, 16384)) < 0.9
+    packed = torch.from_numpy(np.packbits(bits, axis=1))
+    gram = _gram.gram_rows(packed, np.arange(40), 2**26).numpy()
+    np.testing.assert_array_equal(gram, bits.astype(np.int64) @ bits.T.astype(np.int64))
+    assert gram.max() > 14000
+
+
+@pytest.mark.parametrize("n_units", [1, 7, 8, 13, 64])
+def test_device_side_unpacking_equals_numpy_unpackbits(n_units):
+    packed = np.packbits(np.random.default_rng(n_units).random((5, n_units)) < 0.5, axis=1)
+    np.testing.assert_array_equal(
+        _gram._unpackbits_torch(torch.from_numpy(packed)).numpy(), np.unpackbits(packed, axis=1)
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pairs", sorted(EPOCH_PAIRS))
+def test_cuda_path_measures_equal_the_cpu_ones(pairs):
+    before, after = _random_epochs(n_images=70, n_units=20_000)
+    expected = _epoch(before, after, EPOCH_PAIRS[pairs], "cpu")
+    _assert_same_epoch(_epoch(before, after, EPOCH_PAIRS[pairs], "cuda"), expected)

@@ -97,7 +97,8 @@ def test_last_epoch_equals_a_manual_forward_and_numpy_measures(fitted, probe):
     assert monitor.self_similarity_["core.1"].shape == (2, N_PROBE)
     assert monitor.cross_similarity_["core.1"].shape == (2, len(pairs))
     assert monitor.overlap_["core.1"].shape == (3, len(pairs))
-    assert monitor.overlap_["core.1"].dtype == np.int64
+    assert monitor.overlap_["core.1"].dtype == np.int32  # compact: the same counts
+    assert monitor.neighbour_ranks_["core.1"].dtype == np.int32
     np.testing.assert_allclose(monitor.self_similarity_["core.1"][-1], self_sim, rtol=1e-12)
     np.testing.assert_allclose(monitor.cross_similarity_["core.1"][-1], cross, rtol=1e-12)
     np.testing.assert_array_equal(monitor.overlap_["core.1"][-1], overlap)
@@ -427,9 +428,9 @@ def test_every_recorded_number_equals_a_slow_reference(data, tmp_path, pairs):
     for name in monitor.layers_:
         for k in range(3):
             overlap, ranks = _reference_epoch(bits[k][name], pair_list, [0, 7, 3])
-            assert monitor.overlap_[name].dtype.kind == "i"
+            assert monitor.overlap_[name].dtype == np.int32
             np.testing.assert_array_equal(monitor.overlap_[name][k], overlap)
-            assert monitor.neighbour_ranks_[name].dtype.kind == "i"
+            assert monitor.neighbour_ranks_[name].dtype == np.int32
             np.testing.assert_array_equal(monitor.neighbour_ranks_[name][k], ranks)
             row = clf.history_[k]
             on = sum(int(np.count_nonzero(b)) for b in bits[k][name])
@@ -449,3 +450,37 @@ def test_every_recorded_number_equals_a_slow_reference(data, tmp_path, pairs):
                 for stat, q in (("q10", 0.1), ("q50", 0.5), ("q90", 0.9)):
                     assert row[f"{prefix}_{stat}"][name] == np.quantile(finite, q)
     assert n_defined > 0
+
+
+@pytest.mark.gpu
+def test_monitor_of_a_cuda_net_equals_the_cpu_measures_of_its_paths(data, tmp_path):
+    # the measures run on the net's GPU; the CPU functions on the same recorded bits agree
+    from skpatch.diagnostics import (
+        cross_path_similarity,
+        neighbour_ranks,
+        path_overlap,
+        path_similarity,
+    )
+
+    X, y = data
+    x = np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+    monitor = PathMonitor(x[:N_PROBE], directory=str(tmp_path))
+    _plain_net(monitor, device="cuda").fit(x, y)
+    layers = monitor.layers_
+    paths = []
+    for epoch in monitor.epochs_:
+        with np.load(tmp_path / f"epoch_{epoch:03d}.npz", allow_pickle=False) as saved:
+            paths.append({name: saved[f"paths/{name}"] for name in layers})
+    for k, after in enumerate(paths):
+        for name, overlap in path_overlap(after).items():
+            np.testing.assert_array_equal(monitor.overlap_[name][k], overlap)
+        for name, ranks in neighbour_ranks(after, monitor.queries_).items():
+            np.testing.assert_array_equal(monitor.neighbour_ranks_[name][k], ranks)
+        if k == 0:
+            continue
+        for kind, values in (
+            ("self_similarity_", path_similarity(paths[k - 1], after)),
+            ("cross_similarity_", cross_path_similarity(paths[k - 1], after)),
+        ):
+            for name, expected in values.items():
+                np.testing.assert_array_equal(getattr(monitor, kind)[name][k - 1], expected)

@@ -1,11 +1,12 @@
 """Similarity and overlap of ReLU paths (packed bits) and activations, per layer.
 
 Every measure over pairs of images is a Gram matrix: sums over units of
-products of two rows. They are computed as float GEMMs over chunks of units
-(the bits unpacked to 0/1 float32, whose sums of at most 2**24 terms are
-exact), and for few pairs as row-wise sums over the pairs' rows; no Python
-loop runs over pairs. The GEMMs run in torch (on the CPU). Memory is bounded by ``_WORKING_MEMORY`` bytes of
-temporaries.
+products of two rows, and for few pairs row-wise sums over the pairs' rows; no
+Python loop runs over pairs. Paths: exact integer counts of shared on-units
+(``_gram``: an int8 GEMM on the CPU, float32 on a GPU, popcounts of ANDed
+packed rows for few pairs); a similarity is the float64 ratio of those exact
+counts. Activations: float64 GEMMs in torch on the CPU. Memory is bounded by
+``_WORKING_MEMORY`` bytes of temporaries.
 
 A cosine whose vectors include an all-zero one is undefined: it is NaN.
 """
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, validate_params
+
+from ._gram import gram_rows, pair_counts, pair_plan, popcount_rows, to_device
 
 __all__ = [
     "activation_similarity",
@@ -28,7 +31,6 @@ __all__ = [
 ]
 
 _WORKING_MEMORY = 64 * 2**20  # bytes of temporaries per chunk
-_POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
 
 
 # --------------------------------------------------------------- validation
@@ -103,40 +105,21 @@ def _check_pairs(pairs, n_images):
 # ------------------------------------------------------------------ kernels
 
 
-def _popcount_rows(packed):
-    """Number of set bits of each row of a uint8 array, int64."""
-    counts = np.empty(len(packed), dtype=np.int64)
-    n_rows = max(1, _WORKING_MEMORY // max(1, packed.shape[1]))
-    for rows in gen_batches(len(packed), n_rows):
-        block = packed[rows]
-        bits = np.bitwise_count(block) if hasattr(np, "bitwise_count") else _POPCOUNT[block]
-        counts[rows] = bits.sum(axis=1, dtype=np.int64)
-    return counts
-
-
 class _Features:
-    """Rows of a per-unit feature matrix, built chunk by chunk over the stored columns.
+    """Rows of a per-unit float feature matrix, built chunk by chunk over the columns.
 
-    ``kind='bits'``: the 0/1 unpacked bits of a packed uint8 array, as float32
-    (products of bits are bits, so the sums are exact counts); ``kind='float'``:
-    ``transform(columns)`` of float arrays, as float64.
+    ``transform(columns)`` of the float arrays, as float64.
     """
 
-    def __init__(self, arrays, kind, transform=None):
-        self.arrays, self.kind = arrays, kind
-        self.transform = transform if transform is not None else (lambda first: first)
+    def __init__(self, arrays, transform):
+        self.arrays, self.transform = arrays, transform
         self.n_images, self.n_columns = arrays[0].shape
-        # elements per stored column, bytes per element
-        self.width, self.itemsize = (8, 4) if kind == "bits" else (1, 8)
 
     def block(self, rows, columns):
-        parts = [array[rows, columns] for array in self.arrays]
-        if self.kind == "bits":
-            return np.unpackbits(parts[0], axis=1).astype(np.float32)
-        return self.transform(*[part.astype(np.float64) for part in parts])
+        return self.transform(*[array[rows, columns].astype(np.float64) for array in self.arrays])
 
     def columns_per_chunk(self, n_rows):
-        return max(1, _WORKING_MEMORY // (n_rows * self.width * self.itemsize))
+        return max(1, _WORKING_MEMORY // (n_rows * 8))
 
 
 def _gram_rows(features, rows):
@@ -154,13 +137,12 @@ def _gram_rows(features, rows):
 def _pair_sums(features, pairs):
     """``(m,)`` sums over units of features[i] * features[j] for each pair (i, j)."""
     sums = np.zeros(len(pairs))
+    plan = pair_plan(pairs, features.n_images, _WORKING_MEMORY)
     if len(pairs) == 0:
         return sums
-    firsts = np.unique(pairs[:, 0])
-    # a Gram row costs n row products; below that, sum the pairs' rows directly
-    if 8 * len(pairs) < len(firsts) * features.n_images:
+    if not plan.dense:
         step = features.columns_per_chunk(256)
-        n_pairs = max(1, _WORKING_MEMORY // (2 * features.width * features.itemsize * step))
+        n_pairs = max(1, _WORKING_MEMORY // (2 * 8 * step))
         for chunk in gen_batches(len(pairs), n_pairs):
             left, right = pairs[chunk, 0], pairs[chunk, 1]
             for columns in gen_batches(features.n_columns, step):
@@ -168,15 +150,62 @@ def _pair_sums(features, pairs):
                     "ij,ij->i", features.block(left, columns), features.block(right, columns)
                 )
         return sums
-    position = np.searchsorted(firsts, pairs[:, 0])
-    n_rows = max(1, _WORKING_MEMORY // (8 * features.n_images))
-    order = np.argsort(position // n_rows, kind="stable")
-    bounds = np.searchsorted(position[order] // n_rows, np.arange(len(firsts) // n_rows + 2))
-    for block_index, start in enumerate(range(0, len(firsts), n_rows)):
-        selected = order[bounds[block_index] : bounds[block_index + 1]]
-        gram = _gram_rows(features, firsts[start : start + n_rows])
-        sums[selected] = gram[position[selected] - start, pairs[selected, 1]]
+    for rows, selected, local_rows, columns in plan.blocks:
+        sums[selected] = _gram_rows(features, rows)[local_rows, columns]
     return sums
+
+
+def _path_counts(packed, plan, device=None):
+    """Exact shared on-units of each pair of the plan, int64."""
+    return pair_counts(packed, plan, torch.device(device or "cpu"), _WORKING_MEMORY)
+
+
+def _ranks(packed, queries, device=None):
+    """Neighbour ranks of the queries by exact overlap, int64 ``(len(queries), n)``."""
+    n_images = len(packed)
+    device = torch.device(device or "cpu")
+    overlap = gram_rows(to_device(packed, device), queries, _WORKING_MEMORY).cpu().numpy()
+    query_rows = np.arange(len(queries))
+    overlap[query_rows, queries] = -1  # below every count: the query sorts last
+    order = np.argsort(-overlap, axis=1, kind="stable")
+    ranks = np.empty(overlap.shape, dtype=np.int64)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(n_images), order.shape), axis=1)
+    ranks[query_rows, queries] = -1
+    return ranks
+
+
+def _path_epoch(before, after, pairs, queries, device=None):
+    """Every path measure of one monitored epoch, per layer, each count computed once.
+
+    ``before`` is None at the first recorded epoch. Returns ``(record,
+    on_counts)``: ``record`` maps ``'overlap'``, ``'neighbour_ranks'`` and,
+    with ``before``, ``'self_similarity'``, ``'cross_similarity'`` to dicts
+    from layer to the arrays the public measures return (the same numbers);
+    ``on_counts`` maps each layer to its per-image count of on-units.
+    """
+    pairs = _check_pairs(pairs, _n_images(after))
+    plan = pair_plan(pairs, _n_images(after), _WORKING_MEMORY)
+    record = {"overlap": {}, "neighbour_ranks": {}}
+    if before is not None:
+        record["self_similarity"], record["cross_similarity"] = {}, {}
+    on_counts = {}
+    for layer, packed in after.items():
+        overlap = _path_counts(packed, plan, device)
+        record["overlap"][layer] = overlap
+        record["neighbour_ranks"][layer] = _ranks(packed, queries, device)
+        on_counts[layer] = popcount_rows(packed, _WORKING_MEMORY)
+        if before is None:
+            continue
+        shared = before[layer] & packed
+        record["self_similarity"][layer] = _cosine(
+            popcount_rows(shared, _WORKING_MEMORY),
+            popcount_rows(before[layer], _WORKING_MEMORY) * on_counts[layer],
+        )
+        record["cross_similarity"][layer] = _cosine(
+            _path_counts(shared, plan, device),
+            overlap * _path_counts(before[layer], plan, device),
+        )
+    return record, on_counts
 
 
 def _cosine(numerator, squared_norms_product):
@@ -226,8 +255,10 @@ def path_similarity(before, after):
     before, after = _check_before_after(before, after, packed=True)
     similarity = {}
     for layer in after:
-        shared = _popcount_rows(before[layer] & after[layer])
-        norms = _popcount_rows(before[layer]) * _popcount_rows(after[layer])
+        shared = popcount_rows(before[layer] & after[layer], _WORKING_MEMORY)
+        norms = popcount_rows(before[layer], _WORKING_MEMORY) * popcount_rows(
+            after[layer], _WORKING_MEMORY
+        )
         similarity[layer] = _cosine(shared, norms)
     return similarity
 
@@ -277,12 +308,12 @@ def cross_path_similarity(before, after, pairs=None):
     """
     before, after = _check_before_after(before, after, packed=True)
     pairs = _check_pairs(pairs, _n_images(after))
+    plan = pair_plan(pairs, _n_images(after), _WORKING_MEMORY)
     similarity = {}
     for layer in after:
-        shared = _pair_sums(_Features([before[layer] & after[layer]], "bits"), pairs)
-        norms_after = _pair_sums(_Features([after[layer]], "bits"), pairs)
-        norms_before = _pair_sums(_Features([before[layer]], "bits"), pairs)
-        similarity[layer] = _cosine(shared, norms_after * norms_before)
+        shared = _path_counts(before[layer] & after[layer], plan)
+        norms = _path_counts(after[layer], plan) * _path_counts(before[layer], plan)
+        similarity[layer] = _cosine(shared, norms)
     return similarity
 
 
@@ -318,10 +349,8 @@ def path_overlap(paths, pairs=None):
     """
     paths = _check_layers(paths, "paths", packed=True)
     pairs = _check_pairs(pairs, _n_images(paths))
-    return {
-        layer: np.rint(_pair_sums(_Features([array], "bits"), pairs)).astype(np.int64)
-        for layer, array in paths.items()
-    }
+    plan = pair_plan(pairs, _n_images(paths), _WORKING_MEMORY)
+    return {layer: _path_counts(array, plan) for layer, array in paths.items()}
 
 
 @validate_params({"before": [dict], "after": [dict]}, prefer_skip_nested_validation=True)
@@ -418,9 +447,9 @@ def cross_activation_similarity(before, after, pairs=None):
     similarity = {}
     for layer in after:
         arrays = [after[layer], before[layer]]
-        shared = _pair_sums(_Features(arrays, "float", np.multiply), pairs)
-        norms_after = _pair_sums(_Features([after[layer]], "float", np.square), pairs)
-        norms_before = _pair_sums(_Features([before[layer]], "float", np.square), pairs)
+        shared = _pair_sums(_Features(arrays, np.multiply), pairs)
+        norms_after = _pair_sums(_Features([after[layer]], np.square), pairs)
+        norms_before = _pair_sums(_Features([before[layer]], np.square), pairs)
         similarity[layer] = _cosine(shared, norms_after * norms_before)
     return similarity
 
@@ -466,19 +495,7 @@ def neighbour_ranks(paths, queries):
     if queries.size and (queries.min() < 0 or queries.max() >= n_images):
         raise ValueError(f"queries must index the {n_images} images, got {queries!r}.")
     queries = queries.astype(np.int64)
-    query_rows = np.arange(len(queries))
-    ranks = {}
-    for layer, array in paths.items():
-        overlap = _gram_rows(_Features([array], "bits"), queries)
-        overlap[query_rows, queries] = -1  # below every count: the query sorts last
-        order = np.argsort(-overlap, axis=1, kind="stable")
-        layer_ranks = np.empty(overlap.shape, dtype=np.int64)
-        np.put_along_axis(
-            layer_ranks, order, np.broadcast_to(np.arange(n_images), order.shape), axis=1
-        )
-        layer_ranks[query_rows, queries] = -1
-        ranks[layer] = layer_ranks
-    return ranks
+    return {layer: _ranks(array, queries) for layer, array in paths.items()}
 
 
 @validate_params(

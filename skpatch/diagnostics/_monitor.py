@@ -14,15 +14,8 @@ import numpy as np
 from skorch.callbacks import Callback
 from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 
-from ._measures import (
-    activation_similarity,
-    cross_activation_similarity,
-    cross_path_similarity,
-    neighbour_ranks,
-    path_overlap,
-    path_similarity,
-)
-from ._paths import relu_activations, relu_paths
+from ._measures import _path_epoch, activation_similarity, cross_activation_similarity
+from ._paths import _input_device_dtype, relu_activations, relu_paths
 
 __all__ = ["PathMonitor"]
 
@@ -36,8 +29,6 @@ _RESULT_KINDS = (
     "activation_cross_similarity",
 )
 _N_DEFAULT_QUERIES = 3
-# number of set bits of every byte value: the on-units of packed paths
-_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
 
 
 class PathMonitor(Callback):
@@ -102,11 +93,12 @@ class PathMonitor(Callback):
         recorded epochs ``epochs_[k]`` and ``epochs_[k + 1]``.
     cross_similarity_ : dict of str to ndarray of shape (n_epochs - 1, m)
         The same with :func:`~skpatch.diagnostics.cross_path_similarity`.
-    overlap_ : dict of str to ndarray of shape (n_epochs, m), int64
-        :func:`~skpatch.diagnostics.path_overlap` at each recorded epoch.
-    neighbour_ranks_ : dict of str to ndarray of shape (n_epochs, q, n), int64
+    overlap_ : dict of str to ndarray of shape (n_epochs, m), int32
+        :func:`~skpatch.diagnostics.path_overlap` at each recorded epoch (the
+        same counts in int32; int64 only for a layer of 2**31 units or more).
+    neighbour_ranks_ : dict of str to ndarray of shape (n_epochs, q, n), int32
         :func:`~skpatch.diagnostics.neighbour_ranks` of ``queries_`` at each
-        recorded epoch.
+        recorded epoch (int32, as ``overlap_``).
     activation_self_similarity_, activation_cross_similarity_ : dict or None
         :func:`~skpatch.diagnostics.activation_similarity` and
         :func:`~skpatch.diagnostics.cross_activation_similarity`, shaped like
@@ -145,8 +137,15 @@ class PathMonitor(Callback):
     Memory: two recorded epochs of packed paths, ``2 * n * ceil(units / 8)``
     bytes per layer (and two of float16 activations when asked), plus per
     recorded epoch ``n`` float64 self similarities, ``m`` float64 cross
-    similarities, ``m`` int64 overlaps and ``q * n`` int64 ranks per layer,
+    similarities, ``m`` int32 overlaps and ``q * n`` int32 ranks per layer,
     with ``m = n (n - 1) / 2`` for all pairs.
+
+    Cost: each recorded epoch runs the probe forward, then per layer three
+    exact 0/1 Gram matrices (the paths, their AND with the previous epoch's,
+    and the previous epoch's), on the network's device: int8 GEMMs with
+    int32 sums on the CPU, float32 GEMMs on a GPU, both exact, so the numbers
+    do not depend on the device. A similarity is the float64 ratio of those
+    integer counts.
 
     With ``directory``, ``epoch_XXX.npz`` (loadable with
     ``allow_pickle=False``) holds ``epoch``, ``layers``, ``n_units``, ``pairs``,
@@ -265,10 +264,10 @@ class PathMonitor(Callback):
         if epoch % self.every != 0:
             return
         start = time.perf_counter()
-        record = self._record_epoch(net.module_)
+        record, on_counts = self._record_epoch(net.module_)
         self.epochs_.append(epoch)
         self._records.append(record)
-        for key, value in _history_summaries(record, self.paths_, self.n_units_).items():
+        for key, value in _history_summaries(record, on_counts, self.n_units_).items():
             net.history.record(key, value)
         if self.directory is not None:
             self._write(epoch, record)
@@ -282,17 +281,18 @@ class PathMonitor(Callback):
         return None if self.layers is None else list(self.layers)
 
     def _record_epoch(self, module):
+        """The epoch's measures and the per-layer on-unit counts of its paths."""
         paths = relu_paths(module, self._probe, layers=self.layers_)
         self.previous_paths_, self.paths_ = self.paths_, paths
-        record = {
-            "overlap": path_overlap(paths, self._pairs),
-            "neighbour_ranks": neighbour_ranks(paths, self.queries_),
-        }
-        if self.previous_paths_ is not None:
-            record["self_similarity"] = path_similarity(self.previous_paths_, paths)
-            record["cross_similarity"] = cross_path_similarity(
-                self.previous_paths_, paths, self._pairs
-            )
+        # exact counts on the network's device (a GPU's GEMMs when it has one)
+        device, _ = _input_device_dtype(module, None)
+        record, on_counts = _path_epoch(
+            self.previous_paths_, paths, self.pairs_, self.queries_, device
+        )
+        count_dtype = self._count_dtype()
+        for kind in ("overlap", "neighbour_ranks"):
+            # the same integers in a compact dtype
+            record[kind] = {name: a.astype(count_dtype) for name, a in record[kind].items()}
         if self.activations:
             values = relu_activations(module, self._probe, layers=self.layers_)
             self.previous_activations_, self.activations_ = self.activations_, values
@@ -302,7 +302,12 @@ class PathMonitor(Callback):
                 record["activation_cross_similarity"] = cross_activation_similarity(
                     before, values, self._pairs
                 )
-        return record
+        return record, on_counts
+
+    def _count_dtype(self):
+        """int32 holds every overlap (at most a layer's units) and rank (below n)."""
+        largest = max([_n_probe(self.X_probe), *(self.n_units_ or {}).values()])
+        return np.int32 if largest <= np.iinfo(np.int32).max else np.int64
 
     def _write(self, epoch, record):
         arrays = {
@@ -328,9 +333,10 @@ class PathMonitor(Callback):
         """
         layers = self.layers_ or []
         n_probe, n_pairs = _n_probe(self.X_probe), len(self.pairs_)
+        count_dtype = self._count_dtype()
         shapes = {
-            "overlap": ((n_pairs,), np.int64),
-            "neighbour_ranks": ((len(self.queries_), n_probe), np.int64),
+            "overlap": ((n_pairs,), count_dtype),
+            "neighbour_ranks": ((len(self.queries_), n_probe), count_dtype),
             "self_similarity": ((n_probe,), np.float64),
             "cross_similarity": ((n_pairs,), np.float64),
         }
@@ -436,13 +442,13 @@ def _dict_history_keys():
     return keys
 
 
-def _history_summaries(record, paths, n_units):
+def _history_summaries(record, on_counts, n_units):
     """History entries of one recorded epoch: dicts from layer name to a float."""
-    # np.packbits pads with off bits: counting set bits over the bytes is exact
+    # on_counts: set bits of the packed rows (np.packbits pads with off bits), exact
     summaries = {
         "path_on_fraction": {
-            name: float(_POPCOUNT[packed].sum(dtype=np.int64) / (len(packed) * n_units[name]))
-            for name, packed in paths.items()
+            name: float(counts.sum() / (len(counts) * n_units[name]))
+            for name, counts in on_counts.items()
         }
     }
     for kind, prefix in (
