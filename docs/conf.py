@@ -24,16 +24,23 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # MathJax shipped in _static/mathjax: the formulas render with no CDN
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
     "myst_parser",
+    "sphinx_design",
+    "sphinx_copybutton",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "sg_execution_times.rst"]
 
+templates_path = ["_templates"]
+# the page's table of contents names methods as "fit()", not "Class.fit()"
+toc_object_entries_show_parents = "hide"
 autosummary_generate = True
 autodoc_default_options = {
     "members": True,
@@ -79,7 +86,42 @@ sphinx_gallery_conf = {
     "plot_gallery": "False" if os.environ.get("SKPATCH_DOCS_NO_GALLERY") else "True",
     "download_all_examples": False,
     "within_subsection_order": "FileNameSortKey",
+    # "Examples using X" on the API pages (docs/_templates/autosummary/)
+    "doc_module": ("skpatch",),
+    "backreferences_dir": "generated/backreferences",
+    # names in the gallery's code link to their API pages
+    "reference_url": {"skpatch": None},
 }
 
-html_theme = "alabaster"
-html_static_path = []
+# MathJax is loaded from the copy in _static (sphinx-mathjax-offline), never
+# from a CDN; this sets the same path in case the extension's own setting is
+# overridden by the defaults.
+mathjax_path = "mathjax/tex-chtml.js"
+
+# the copy button leaves out prompts and doctest output
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+
+html_theme = "pydata_sphinx_theme"
+html_title = f"skpatch {release}"
+html_static_path = ["_static"]
+html_css_files = ["skpatch.css"]
+html_favicon = "_static/skpatch-icon.svg"
+html_theme_options = {
+    "logo": {
+        "text": "skpatch",
+        "image_light": "_static/skpatch-icon.svg",
+        "image_dark": "_static/skpatch-icon.svg",
+    },
+    "navbar_align": "left",
+    "header_links_before_dropdown": 7,
+    "navbar_end": ["theme-switcher"],
+    "secondary_sidebar_items": ["page-toc", "sourcelink"],
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
+}
+# the landing and getting-started pages use the full width
+html_sidebars = {"index": [], "getting_started": []}

@@ -24,9 +24,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from skpatch import PatchDictionaryEmbedding, PatchOrderer
+from skpatch import PatchDictionaryEmbedding
 from skpatch.datasets import load_digits_images
 
 images, target = load_digits_images(return_X_y=True)
@@ -51,12 +51,23 @@ embeddings = {
 # %%
 # Fit each pipeline and score it on the held-out half
 # ---------------------------------------------------
-# one 8x8 patch per image leaves it as it is; flatten=True returns it as a row
-# of 64 raw pixels, and unlike a lambda FunctionTransformer it pickles
-flatten = PatchOrderer(patch_size=8, flatten=True)
-raw = make_pipeline(flatten, StandardScaler(), LogisticRegression(C=0.05, max_iter=1000))
+# The baseline is a linear model on the 64 raw pixels of each image, turned
+# into one row by a function in a
+# :class:`~sklearn.preprocessing.FunctionTransformer`. A function defined at
+# module level pickles with the pipeline (a lambda would not); pickle stores it
+# by name, so wherever a saved model is loaded the function must be importable
+# from the same module.
+def images_to_rows(images):
+    """(n, H, W) images as (n, H * W) rows of pixels."""
+    return images.reshape(len(images), -1)
+
+
+raw = make_pipeline(
+    FunctionTransformer(images_to_rows),
+    StandardScaler(),
+    LogisticRegression(C=0.05, max_iter=1000),
+)
 scores = {"raw pixels": raw.fit(X_train, y_train).score(X_test, y_test)}
-# a fitted pipeline pickles whole (with a lambda step it would not)
 assert pickle.loads(pickle.dumps(raw)).score(X_test, y_test) == scores["raw pixels"]
 for name, embedding in embeddings.items():
     model = make_pipeline(
@@ -81,9 +92,13 @@ ax_bar.invert_yaxis()
 
 emb = embeddings["hard, k=16"]
 unwhitened = emb.atoms_ @ np.linalg.pinv(emb.whitening_) + emb.mean_
-tiles = unwhitened.reshape(8, 8, 3, 3).transpose(0, 2, 1, 3).reshape(24, 24)
-ax_atoms.imshow(tiles, cmap="gray_r")
-ax_atoms.set_title("the 64 k-means atoms (3x3 patches)")
+# an 8x8 grid of the 3x3 atoms with a blank pixel between neighbours, so
+# that each atom reads as a tile of its own
+atoms = np.pad(unwhitened.reshape(64, 3, 3), ((0, 0), (0, 1), (0, 1)),
+               constant_values=np.nan)
+tiles = atoms.reshape(8, 8, 4, 4).transpose(0, 2, 1, 3).reshape(32, 32)[:-1, :-1]
+ax_atoms.imshow(tiles, cmap="gray")  # NaN gaps are left blank
+ax_atoms.set_title("the 64 k-means atoms (3x3 patches, ink light)")
 ax_atoms.axis("off")
 fig.tight_layout()
 plt.show()
