@@ -26,7 +26,7 @@ _LAZY_NAMES = {
     "unorder_patches": "ordering",
     "PatchCNNClassifier": "classifiers",
     "BagNetClassifier": "classifiers",
-    "PatchDictionaryClassifier": "dictionary_classifier",
+    "PatchDictionaryClassifier": "classifiers",
     "class_heatmap": "inspection",
     "blackout_scores": "inspection",
 }

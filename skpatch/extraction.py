@@ -15,7 +15,6 @@ per image so that ``y`` stays aligned through a Pipeline.
 from numbers import Integral
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
@@ -27,44 +26,18 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
-from ._dask import is_dask_array, map_row_blocks
-from .utils._grid import patch_grid_shape
+from .utils._dask import is_dask_array, map_row_blocks
+from .utils._grid import _extract_view, _pad, _resolve_padding, patch_grid_shape
 from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
+    _check_pair,
     _reset_fitted_attributes,
     check_images,
-    check_size_pair,
     restore_layout,
     validate_images,
 )
 
 __all__ = ["PatchExtractor", "extract_patches", "reconstruct_from_patches"]
-
-
-def _check_pair(value, name, *, minimum=1):
-    """``check_size_pair`` with a ValueError for a tuple of the wrong length or content.
-
-    The parameter validation has already checked the type (int, tuple or
-    list), so what is left wrong is a value, as scikit-learn reports it.
-    """
-    try:
-        return check_size_pair(value, name, minimum=minimum)
-    except TypeError:
-        raise ValueError(
-            f"{name} must be a tuple of two integers (h, w) or an int, got {value!r}."
-        ) from None
-
-
-def _resolve_padding(padding, patch_size):
-    """Return ``((top, bottom), (left, right))`` zero padding."""
-    if isinstance(padding, str):
-        if padding != "same":
-            raise ValueError(f"padding must be an int, (h, w) or 'same', got {padding!r}.")
-        # one patch per pixel; the patch at grid (i, j) is centred on pixel (i, j)
-        # (for an even size, the centre is the upper-left of the four middle pixels)
-        return tuple(((p - 1) // 2, p - 1 - (p - 1) // 2) for p in patch_size)
-    pad_h, pad_w = _check_pair(padding, "padding", minimum=0)
-    return ((pad_h, pad_h), (pad_w, pad_w))
 
 
 def _as_4d(images, name="images"):
@@ -76,21 +49,6 @@ def _as_4d(images, name="images"):
     raise ValueError(
         f"{name} must be (n, H, W) or (n, H, W, C), got shape {images.shape}."
     )
-
-
-def _pad(images, pads):
-    if not any(before or after for before, after in pads):
-        return images
-    return np.pad(images, ((0, 0), pads[0], pads[1], (0, 0)))
-
-
-def _extract_view(images, patch_size, stride, pads):
-    """Patch grid ``(n, gh, gw, ph, pw, C)`` of 4-D images; a view if unpadded."""
-    padded = _pad(images, pads)
-    windows = sliding_window_view(padded, patch_size, axis=(1, 2))
-    # windows: (n, H - ph + 1, W - pw + 1, C, ph, pw) -> channels last per patch
-    windows = windows[:, :: stride[0], :: stride[1]]
-    return windows.transpose(0, 1, 2, 4, 5, 3)
 
 
 _PARALLEL_MIN_BYTES = 32 * 2**20
@@ -630,7 +588,7 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         """
         _reset_fitted_attributes(self)
         if is_dask_array(X):  # the values checked by reductions, nothing held in memory
-            from ._dask import validate_image_stream
+            from .utils._dask import validate_image_stream
 
             images = validate_image_stream(
                 self, X, lambda proxy: validate_images(self, proxy, reset=True)

@@ -15,8 +15,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
 
-from ._base_classifier import BasePatchNetClassifier
-from .extraction import _resolve_padding
+from .classifiers._base import BasePatchNetClassifier
+from .utils._grid import _resolve_padding
 from .utils._validation import validate_images
 
 __all__ = ["blackout_scores", "class_heatmap"]

@@ -13,7 +13,7 @@ is built from ``distributed``'s own ``SpecCluster`` and ``Nanny`` workers.
 Dask is optional: ``pip install "skpatch[dask]"``.
 """
 
-from ._dask import import_distributed
+from .utils._dask import import_distributed
 
 __all__ = ["gpu_cluster", "gpu_worker_specs"]
 

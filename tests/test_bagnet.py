@@ -287,8 +287,8 @@ def test_classifier_learns_colour_cue(fitted, toy_data):
 
 
 def test_classifier_results_do_not_depend_on_chunk_size(fitted, toy_data, monkeypatch):
-    from skpatch import classifiers
-    from skpatch.classifiers import _bagnet_activation_bytes
+    from skpatch.classifiers import _bagnet as classifiers
+    from skpatch.classifiers._bagnet import _bagnet_activation_bytes
 
     X, _ = toy_data
     full = fitted.patch_logits(X)
@@ -603,7 +603,7 @@ def test_bagnet_initialization_equals_default_construction_with_that_seed():
 
 
 def test_activation_estimate_is_the_largest_activation_of_a_forward():
-    from skpatch.classifiers import _bagnet_activation_bytes
+    from skpatch.classifiers._bagnet import _bagnet_activation_bytes
 
     net = bagnet33(n_classes=2, width=3, layers=(2, 1, 2, 1), in_channels=3).eval()
     sizes = []
@@ -640,7 +640,7 @@ def _count_forwards(clf, compute):
 
 
 def test_inference_batches_many_images_per_forward(fitted_161, monkeypatch):
-    from skpatch import classifiers
+    from skpatch.classifiers import _bagnet as classifiers
 
     clf, X, _ = fitted_161
     batched, batches = _count_forwards(clf, lambda: clf.patch_logits(X))

@@ -13,8 +13,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import r2_score
 
 from skpatch import PatchBoundPredictor, generalization_bound
-from skpatch import _bound_formula
-from skpatch import bounds as bounds_module
+from skpatch.bounds import _formula as _bound_formula
+from skpatch.bounds import _predictor as bounds_module
 from skpatch.datasets import load_patch_size_results
 
 

@@ -12,7 +12,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from skorch.callbacks import Callback
 
 from skpatch import PatchCNNClassifier, extract_patches
-from skpatch._base_classifier import _NoSingletonBatchSampler, random_crop
+from skpatch.classifiers._base import _NoSingletonBatchSampler, random_crop
 
 
 FAST = dict(module="resnet10", width=4, max_epochs=2, batch_size=16, lr=0.05,
@@ -573,7 +573,7 @@ def test_absent_explicit_device_is_an_error_at_fit(rgb_data):
 
 
 def test_torch_pieces_are_public_in_skpatch_nn():
-    import skpatch._base_classifier as base
+    import skpatch.classifiers._base as base
     import skpatch.nn as nn
 
     for name in ("PatchNetModule", "random_crop", "sliding_window_logits"):

@@ -367,7 +367,7 @@ def _assert_block_predictions(client, fitted, X, lazy):
 
 
 def test_missing_dask_is_an_import_error_naming_the_extra(monkeypatch):
-    from skpatch import _dask
+    from skpatch.utils import _dask
 
     monkeypatch.setitem(sys.modules, "dask.array", None)
     with pytest.raises(ImportError, match=r"skpatch\[dask\]"):

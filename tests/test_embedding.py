@@ -7,8 +7,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 
 from skpatch import PatchDictionaryEmbedding
-import skpatch._encoder as encoder_module
-import skpatch.embedding as embedding_module
+import skpatch.embedding._encoder as encoder_module
+import skpatch.embedding._embedding as embedding_module
 from skpatch.utils import _faiss
 
 

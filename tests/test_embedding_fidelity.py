@@ -12,7 +12,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 
-import skpatch.embedding as embedding_module
+import skpatch.embedding._embedding as embedding_module
 from skpatch import PatchDictionaryEmbedding
 from skpatch.utils import _faiss
 
@@ -456,7 +456,7 @@ def test_raw_full_with_flip_invariance_and_feature_names():
 def test_engine_selection_is_the_top_k_of_each_row(n_cols, k):
     import torch
 
-    from skpatch._encoder import select_mask
+    from skpatch.embedding._encoder import select_mask
 
     rng = np.random.default_rng(n_cols + k)
     scores = rng.standard_normal((300, n_cols)).astype(np.float32)

@@ -101,7 +101,7 @@ def _import_first(name, *modules):
 
 def _random_crop():
     # it moved to skpatch.nn; the old private home still re-exports it
-    return _import_first("random_crop", "skpatch.nn", "skpatch._base_classifier")
+    return _import_first("random_crop", "skpatch.nn", "skpatch.classifiers._base")
 
 
 def _crop(random_crop, x, size, seed):
@@ -286,7 +286,7 @@ def test_gpu_faiss_search_equals_the_cpu_index():
 
 
 def test_cuda_top_k_selection_equals_the_cpu():
-    select_mask = _import_first("select_mask", "skpatch.utils._faiss", "skpatch._encoder")
+    select_mask = _import_first("select_mask", "skpatch.utils._faiss", "skpatch.embedding._encoder")
     scores = torch.randn(3000, 512, generator=torch.Generator().manual_seed(0))
     for k in (1, 5, 256, 511, 512):
         on_cpu = select_mask(scores, k)

@@ -6,7 +6,7 @@ package) and returns a :class:`~sklearn.utils.Bunch` with ``images`` (uint8,
 ``DESCR``, or ``(images, target)`` with ``return_X_y=True``.
 """
 
-from .._patch_size_results import load_patch_size_results
+from ..bounds._published import load_patch_size_results
 from ._cifar import load_cifar10
 from ._common import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, FASHION_MNIST_ROOT  # noqa: F401
 from ._digits import load_digits_images

@@ -5,14 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import (
-    CIFAR10_CLASSES,
-    _check_subset,
-    _check_range,
-    _result,
-)
+from ._common import CIFAR10_CLASSES, _check_range, _check_subset, _result
 from ._image_folder import load_image_folder
-
 
 _CIFAR_DESCR = """CIFAR-10 (Krizhevsky, 2009): 32x32 RGB images of 10 classes
 (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck);

@@ -459,7 +459,7 @@ def _labels(entries):
 
 def _lazy_images(path, entries, size, chunk_size):
     """A dask array of the entries' images, one task per ``chunk_size`` files."""
-    from .._dask import import_dask_array
+    from ..utils._dask import import_dask_array
 
     da = import_dask_array()
     import dask

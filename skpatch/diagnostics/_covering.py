@@ -21,8 +21,8 @@ import numpy as np
 from sklearn.utils import Bunch, check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
-from .. import _whitening
-from ..extraction import _extract_view
+from ..embedding import _whitening
+from ..utils._grid import _extract_view
 from ..utils._grid import patch_grid_shape
 from ..utils._validation import _to_float, check_images, check_size_pair
 

@@ -20,7 +20,7 @@ from ._patch_net import random_crop
 
 __all__ = ["PatchDictionaryCodes", "PatchDictionaryLayer", "PatchDictionaryNet"]
 
-# Coates et al.'s contrast regularizer 10 / 255**2, as in skpatch._whitening
+# Coates et al.'s contrast regularizer 10 / 255**2, as in skpatch.embedding._whitening
 _CONTRAST_REG = 10.0 / 255.0**2
 
 

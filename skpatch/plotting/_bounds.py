@@ -187,7 +187,7 @@ def plot_bound_vs_observed(results=None, *, predictors=None, axes=None):
     from ..bounds import PatchBoundPredictor
 
     if results is None:
-        from .._patch_size_results import load_patch_size_results
+        from ..bounds._published import load_patch_size_results
 
         results = load_patch_size_results()
     data = np.asarray(results.data, dtype=np.float64)

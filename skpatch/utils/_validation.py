@@ -538,3 +538,17 @@ def restore_layout(images, layout):
     if layout == "grayscale":
         return images[..., 0]
     return images
+
+
+def _check_pair(value, name, *, minimum=1):
+    """``check_size_pair`` with a ValueError for a tuple of the wrong length or content.
+
+    The parameter validation has already checked the type (int, tuple or
+    list), so what is left wrong is a value, as scikit-learn reports it.
+    """
+    try:
+        return check_size_pair(value, name, minimum=minimum)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a tuple of two integers (h, w) or an int, got {value!r}."
+        ) from None

@@ -15,24 +15,18 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
     validate_data,
 )
 
-from ._bound_calibration import _least_squares_linear
-from .utils._validation import _reset_fitted_attributes
+from ..utils._validation import _reset_fitted_attributes
+from ._calibration import _least_squares_linear
+from ._formula import _ALPHA_RANGE, _CONSTANTS, _bound_flat, _grid_terms, generalization_bound
 
-from ._bound_formula import (
-    _ALPHA_RANGE,
-    _CONSTANTS,
-    _bound_flat,
-    _grid_terms,
-    generalization_bound,
-)
 __all__ = ["PatchBoundPredictor", "generalization_bound"]
 
 # X columns of PatchBoundPredictor, in order; ``stride`` is optional.

@@ -23,15 +23,15 @@ import torch
 from sklearn.utils import gen_batches
 from sklearn.utils._chunking import get_chunk_n_rows
 
+from ..utils import _faiss
+from ..utils._blocks import block_rows_for, blocked_addmm
+from ..utils._grid import _extract_view
+from ..utils._parallel import effective_n_threads
+from ..utils._thread_limits import limit_this_thread
+from ..utils._validation import _to_float
 from . import _encodings
 from ._pooling import RegionPooling
-from ._thread_limits import limit_this_thread
 from ._whitening import mirror_dims, normalize_patches
-from .extraction import _extract_view
-from .utils import _faiss
-from .utils._blocks import block_rows_for, blocked_addmm
-from .utils._parallel import effective_n_threads
-from .utils._validation import _to_float
 
 __all__ = ["PatchEncoder", "NearestAtomSearch", "GemmSearch", "FaissSearch", "select_mask"]
 

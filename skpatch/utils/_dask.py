@@ -140,8 +140,7 @@ def gather_patches(images, patch_size, stride, chosen):
     """
     import dask
 
-    from .embedding import _gather_patches
-    from .utils._grid import patch_grid_shape
+    from ._grid import _gather_patches, patch_grid_shape
 
     grid = patch_grid_shape(images.shape[1:3], patch_size, stride)
     per_image = grid[0] * grid[1]

@@ -1,4 +1,4 @@
-"""Shared base of the torch patch classifiers (PatchCNNClassifier, BagNetClassifier).
+"""Shared base of the torch patch classifiers (PatchCNNClassifier, BagNetClassifier, PatchDictionaryClassifier).
 
 How a subclass plugs in
 -----------------------
@@ -80,19 +80,18 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from scipy.special import log_softmax, softmax
-from skorch.callbacks import Callback, LRScheduler
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
+from skorch.callbacks import Callback, LRScheduler
 
-from ._dask import is_dask_array, map_row_blocks
-from .extraction import _resolve_padding
-from .utils._grid import patch_grid_shape
-from .nn._patch_net import PatchNetModule, random_crop, sliding_window_logits
-from .utils._device import check_device_param, resolve_device, runtime_device
-from .utils._validation import check_size_pair, validate_images
+from ..nn._patch_net import PatchNetModule, random_crop, sliding_window_logits
+from ..utils._dask import is_dask_array, map_row_blocks
+from ..utils._device import check_device_param, resolve_device, runtime_device
+from ..utils._grid import _resolve_padding, patch_grid_shape
+from ..utils._validation import check_size_pair, validate_images
 
 # PatchNetModule, random_crop and sliding_window_logits live in skpatch.nn; the
 # names stay importable from here for code written against the old location
@@ -227,7 +226,7 @@ def _class_logits(module, class_index):
     """
     if class_index is None:
         return module
-    from .nn.resnet import CIFARResNet
+    from ..nn.resnet import CIFARResNet
 
     core = module.core
     if not (isinstance(core, CIFARResNet) and isinstance(core.fc, torch.nn.Linear)):

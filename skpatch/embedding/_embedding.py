@@ -21,13 +21,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
-from . import _whitening
-from ._dask import is_dask_array, map_row_blocks
-from ._pooling import pooling_layout
-from .extraction import _extract_view
-from .utils._device import check_device_param, resolve_device, runtime_device
-from .utils._grid import patch_grid_shape
-from .utils._validation import (
+from ..utils._dask import is_dask_array, map_row_blocks
+from ..utils._device import check_device_param, resolve_device, runtime_device
+from ..utils._grid import _gather_patches, patch_grid_shape
+from ..utils._validation import (
     _check_float32_range,
     _check_input_scale,
     _dtype_family,
@@ -37,17 +34,10 @@ from .utils._validation import (
     check_size_pair,
     validate_images,
 )
+from . import _whitening
+from ._pooling import pooling_layout
 
 __all__ = ["PatchDictionaryEmbedding"]
-
-
-def _gather_patches(images, patch_size, stride, chosen):
-    """Patches at the flat grid positions ``chosen`` (image-major), in ``images``' dtype."""
-    grid = patch_grid_shape(images.shape[1:3], patch_size, stride)
-    view = _extract_view(images, patch_size, stride, ((0, 0), (0, 0)))
-    image, rest = np.divmod(chosen, grid[0] * grid[1])
-    row, col = np.divmod(rest, grid[1])
-    return view[image, row, col]
 
 
 # one output row above 128 MB (float32) is refused: a clear error, not an allocation failure
@@ -287,7 +277,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
 
     The fitted state is numpy arrays. What runs them (the device tensors,
     the chosen search and the faiss index) is a private engine,
-    ``skpatch._encoder.PatchEncoder``, built by ``fit``, cached, dropped
+    ``skpatch.embedding._encoder.PatchEncoder``, built by ``fit``, cached, dropped
     when pickled and rebuilt on first use after unpickling, on the device
     present.
 
@@ -522,10 +512,11 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self : PatchDictionaryEmbedding
         """
         self._forget_previous_fit()
-        if is_dask_array(X):  # a stream: validated by reductions, only the sample computed
-            from ._dask import validate_image_stream
+        if is_dask_array(X):  # the one door of a stream: validated by reductions,
+            # and only the sampled patches gathered, block by block on the workers
+            from ..utils._dask import gather_patches, validate_image_stream
 
-            return self._fit(validate_image_stream(self, X))
+            return self._fit(validate_image_stream(self, X), gather=gather_patches)
         return self._fit(self._validate_images(X, reset=True))
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -556,8 +547,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         _reset_fitted_attributes(self)
         self._encoder = None
 
-    def _fit(self, images):
-        from .utils import _faiss
+    def _fit(self, images, gather=_gather_patches):
+        """Fit on validated images; ``gather(images, patch_size, stride, chosen)`` reads the sample."""
+        from ..utils import _faiss
 
         random_state = check_random_state(self.random_state)
         k = self._check_params_vs_input(images)
@@ -566,7 +558,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         start = time.perf_counter()
 
         patches = _whitening.normalize_patches(
-            self._sample_patches(images, random_state), self.patch_normalize
+            self._sample_patches(images, random_state, gather), self.patch_normalize
         )
         mirror_dims = _whitening.mirror_dims(self._patch_size, images.shape[3])
         # a flip-symmetric mean and covariance: the whitening commutes with the mirror
@@ -628,7 +620,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         ``whiten_form``), then clustered by faiss k-means into ``n_atoms``
         centroids; these are the atoms, in the data's whitened space.
         """
-        from .utils import _faiss
+        from ..utils import _faiss
 
         rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
         noise = rng.standard_normal(shape, dtype=np.float32)
@@ -647,7 +639,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         dims = _whitening.mirror_dims(self._patch_size, self.image_shape_[2])
         return _whitening.whitened_mirror(self.whitening_, dims)
 
-    def _sample_patches(self, images, random_state):
+    def _sample_patches(self, images, random_state, gather):
         """``n_patches_fit`` patches drawn without replacement, as float32 rows.
 
         Drawn from the images in their own dtype and scaled afterwards (uint8
@@ -657,12 +649,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         n_total = images.shape[0] * grid[0] * grid[1]
         rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
         chosen = np.sort(rng.choice(n_total, self._n_sampled, replace=False))
-        if is_dask_array(images):  # gathered block by block, on the workers
-            from ._dask import gather_patches
-
-            patches = _to_float(gather_patches(images, self._patch_size, self._stride, chosen))
-        else:
-            patches = _to_float(_gather_patches(images, self._patch_size, self._stride, chosen))
+        patches = _to_float(gather(images, self._patch_size, self._stride, chosen))
         return patches.reshape(patches.shape[0], -1).astype(np.float32)
 
     # ------------------------------------------------------------ transform

@@ -15,22 +15,18 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from skorch.callbacks import LRScheduler
 from sklearn.base import _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
+from skorch.callbacks import LRScheduler
 
-from ._base_classifier import _AUGMENTATIONS, _OPTIMIZERS, BasePatchNetClassifier
-from .embedding import PatchDictionaryEmbedding
-from .nn._dictionary import (
-    PatchDictionaryCodes,
-    PatchDictionaryLayer,
-    PatchDictionaryNet,
-)
-from .nn._patch_net import build_initialized
-from .utils._device import check_device_param, resolve_device
-from .utils._validation import validate_images
+from ..embedding import PatchDictionaryEmbedding
+from ..nn._dictionary import PatchDictionaryCodes, PatchDictionaryLayer, PatchDictionaryNet
+from ..nn._patch_net import build_initialized
+from ..utils._device import check_device_param, resolve_device
+from ..utils._validation import validate_images
+from ._base import _AUGMENTATIONS, _OPTIMIZERS, BasePatchNetClassifier
 
 __all__ = ["PatchDictionaryClassifier"]
 

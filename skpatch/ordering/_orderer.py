@@ -21,6 +21,17 @@ from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
+from ..extraction import extract_patches
+from ..utils._dask import is_dask_array, map_row_blocks
+from ..utils._grid import patch_grid_shape
+from ..utils._parallel import effective_n_threads, thread_map
+from ..utils._validation import (
+    _reset_fitted_attributes,
+    check_images,
+    check_size_pair,
+    restore_layout,
+    validate_images,
+)
 from ._measures import (
     _features,
     _pairwise,
@@ -34,17 +45,6 @@ from ._measures import (
     patch_variance,
     psnr,
     ssim,
-)
-from ._dask import is_dask_array, map_row_blocks
-from .extraction import extract_patches
-from .utils._grid import patch_grid_shape
-from .utils._parallel import effective_n_threads, thread_map
-from .utils._validation import (
-    _reset_fitted_attributes,
-    check_images,
-    check_size_pair,
-    restore_layout,
-    validate_images,
 )
 
 __all__ = [
@@ -541,7 +541,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         """
         _reset_fitted_attributes(self)
         if is_dask_array(X):  # the values checked by reductions, nothing held in memory
-            from ._dask import validate_image_stream
+            from ..utils._dask import validate_image_stream
 
             images = validate_image_stream(
                 self, X, lambda proxy: validate_images(self, proxy, reset=True)
