@@ -105,6 +105,10 @@ SETTINGS = {
             patch_size=1, n_atoms=4, n_neighbors=2, dictionary="gaussian", pooling=1,
             image_shape=(1, -1), random_state=0,
         ),
+        PatchDictionaryEmbedding(
+            patch_size=1, n_atoms=4, encoding="soft_threshold", both_signs=True,
+            dictionary="gaussian", pooling=1, image_shape=(1, -1), random_state=0,
+        ),
     ],
     "PatchBoundPredictor": [
         PatchBoundPredictor(),

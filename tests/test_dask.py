@@ -232,6 +232,9 @@ def _transformers():
         "PatchDictionaryEmbedding-triangle": PatchDictionaryEmbedding(
             **dict(TINY_EMBEDDING, encoding="triangle", n_neighbors=16, pooling=1)
         ),
+        "PatchDictionaryEmbedding-soft_threshold": PatchDictionaryEmbedding(
+            **dict(TINY_EMBEDDING, encoding="soft_threshold", both_signs=True, pooling=(3, 2))
+        ),
     }
 
 

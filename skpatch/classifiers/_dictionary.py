@@ -32,7 +32,7 @@ __all__ = ["PatchDictionaryClassifier"]
 
 # per-layer settings: those of the embedding, then those of the head
 _EMBEDDING_KEYS = (
-    "patch_size", "n_atoms", "n_neighbors", "dictionary", "encoding", "both_signs",
+    "patch_size", "n_atoms", "n_neighbors", "dictionary", "encoding", "alpha", "both_signs",
     "whiten", "whiten_reg", "whiten_form", "n_full_components", "full_input",
     "patch_normalize", "n_patches_fit",
 )
@@ -90,7 +90,9 @@ class PatchDictionaryClassifier(BasePatchNetClassifier):
     n_neighbors : int or float, default=0.4
         ``k`` nearest atoms per patch (a float: a fraction of ``n_atoms``).
     dictionary : {'data', 'kmeans', 'gaussian', 'standard_normal'}, default='data'
-    encoding : {'hard', 'full', 'triangle'}, default='hard'
+    encoding : {'hard', 'full', 'triangle', 'soft_threshold'}, default='hard'
+    alpha : float, default=0.25
+        The threshold of ``encoding='soft_threshold'``.
     both_signs : bool or {'centred', 'raw'}, default='raw'
     whiten : {'zca', 'pca'} or None, default='zca'
     whiten_reg : float, default=1e-3
@@ -100,7 +102,7 @@ class PatchDictionaryClassifier(BasePatchNetClassifier):
     full_input : {'whitened', 'raw'}, default='whitened'
     patch_normalize : bool, default=False
     n_patches_fit : int, default=262144
-        These eleven are :class:`~skpatch.PatchDictionaryEmbedding`'s.
+        These twelve are :class:`~skpatch.PatchDictionaryEmbedding`'s.
     pooling : tuple (size, stride) or None, default=(5, 3)
         Average pooling windows of the code map, ceil mode (Thiry: (5, 3);
         Brutzkus: (4, 4)); None: no pooling.
@@ -213,6 +215,7 @@ channel_std_, n_features_in_, image_shape_
         n_neighbors=0.4,
         dictionary="data",
         encoding="hard",
+        alpha=0.25,
         both_signs="raw",
         whiten="zca",
         whiten_reg=1e-3,
@@ -249,6 +252,7 @@ channel_std_, n_features_in_, image_shape_
         self.n_neighbors = n_neighbors
         self.dictionary = dictionary
         self.encoding = encoding
+        self.alpha = alpha
         self.both_signs = both_signs
         self.whiten = whiten
         self.whiten_reg = whiten_reg

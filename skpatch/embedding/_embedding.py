@@ -103,21 +103,33 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         ``lambda / (lambda + whiten_reg)`` below 1).
     n_neighbors : int or float, default=0.25
         Number ``k`` of nearest atoms per patch; a float in (0, 1] is a
-        fraction of ``n_atoms`` (rounded, at least 1).
-    encoding : {'hard', 'full', 'triangle'}, default='hard'
+        fraction of ``n_atoms`` (rounded, at least 1). Unused by
+        ``'soft_threshold'``, which selects no atoms (every atom gets a code;
+        ``n_neighbors_`` is then ``n_atoms``).
+    encoding : {'hard', 'full', 'triangle', 'soft_threshold'}, default='hard'
         ``'hard'``: 1 for each of the k nearest atoms, 0 elsewhere
         (Phi_hard); ``'full'``: a vector of the patch written into the slots
         of its k nearest atoms, zeros elsewhere (Phi_full; see
         ``full_input``); ``'triangle'``: ``max(0, mean_j d_j - d_a)`` for each of
         the k nearest atoms ``a`` with ``d`` the Euclidean distances to these
-        k atoms (Coates et al. with ``k = n_atoms``).
+        k atoms (Coates et al. with ``k = n_atoms``); ``'soft_threshold'``:
+        ``max(0, s_a - alpha)`` for every atom ``a``, with
+        ``s_a = q . a / |a|`` the projection of the whitened centred patch
+        ``q = (x - mean) W`` on the atom scaled to unit length (Coates & Ng
+        2011): one GEMM and a threshold, no selection.
+    alpha : float, default=0.25
+        The threshold of ``'soft_threshold'`` (Coates & Ng's and KeystoneML's
+        0.25); ignored by the other encodings.
     both_signs : bool or {'centred', 'raw'}, default=False
         Also encode a negated patch and concatenate both codes (Thiry et
         al.); costs no second GEMM. ``True`` or ``'centred'``: the negated
         whitened patch ``-q = -(x - mean) W``; ``'raw'``: the whitened
         negated input ``(-x - mean) W = -q - 2 mean W``, as Thiry et al.'s
         code does (a convolution on the raw input, no centring), which gives
-        other codes for -x wherever ``mean W`` is not negligible.
+        other codes for -x wherever ``mean W`` is not negligible. For
+        ``'soft_threshold'``, ``True`` is Coates & Ng's polarity split
+        ``[max(0, s - alpha), max(0, -s - alpha)]``; ``'raw'`` thresholds the
+        projections of ``(-x - mean) W`` instead of those of ``-q``.
     whiten : {'zca', 'pca'} or None, default='zca'
         ``'zca'``: ``W = U diag(s) U^T``; ``'pca'``: ``W = U diag(s)``
         (rotated coordinates: same distances, hence the same neighbours as
@@ -242,7 +254,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     device_ : str
         The torch device ``fit`` ran on (``'cpu'``, ``'cuda'``, ``'cuda:N'``).
     n_neighbors_ : int
-        The resolved ``k``.
+        The resolved ``k`` (``n_atoms`` for ``'soft_threshold'``: every atom).
     patch_grid_shape_ : tuple (gh, gw)
         Patch positions per image.
     pooled_grid_shape_ : tuple (oh, ow)
@@ -291,6 +303,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
     .. [3] A. Brutzkus, A. Globerson, E. Malach, A. Regev Netser,
        S. Shalev-Shwartz. Efficient learning of CNNs using patch based
        features. ICML 2022.
+    .. [4] A. Coates, A. Y. Ng. The importance of encoding versus training
+       with sparse coding and vector quantization. ICML 2011.
 
     Examples
     --------
@@ -314,7 +328,8 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             Interval(Integral, 1, None, closed="left"),
             Interval(Real, 0, 1, closed="right"),
         ],
-        "encoding": [StrOptions({"hard", "full", "triangle"})],
+        "encoding": [StrOptions({"hard", "full", "triangle", "soft_threshold"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
         "both_signs": ["boolean", StrOptions({"centred", "raw"})],
         "whiten": [StrOptions({"zca", "pca"}), None],
         "whiten_reg": [Interval(Real, 0, None, closed="left")],
@@ -345,6 +360,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         dictionary="kmeans",
         n_neighbors=0.25,
         encoding="hard",
+        alpha=0.25,
         both_signs=False,
         whiten="zca",
         whiten_reg=1e-3,
@@ -371,6 +387,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         self.dictionary = dictionary
         self.n_neighbors = n_neighbors
         self.encoding = encoding
+        self.alpha = alpha
         self.both_signs = both_signs
         self.whiten = whiten
         self.whiten_reg = whiten_reg
@@ -446,12 +463,14 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 f"(n_patches_fit={self.n_patches_fit}); lower n_atoms or pass "
                 "more images."
             )
-        if isinstance(self.n_neighbors, Integral):
+        if self.encoding == "soft_threshold":
+            k = int(self.n_atoms)  # no selection: n_neighbors is not used
+        elif isinstance(self.n_neighbors, Integral):
             k = int(self.n_neighbors)
         else:
             k = max(1, int(round(float(self.n_neighbors) * self.n_atoms)))
         # triangle over all atoms is Coates et al.'s encoding; hard/full would be constant/redundant
-        k_max = self.n_atoms if self.encoding == "triangle" else self.n_atoms - 1
+        k_max = self.n_atoms if self.encoding in ("triangle", "soft_threshold") else self.n_atoms - 1
         if k > k_max:
             raise ValueError(
                 f"n_neighbors={self.n_neighbors} gives k={k} nearest atoms but "
@@ -695,6 +714,7 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
                 patch_size=self._patch_size, stride=self._stride,
                 grid_shape=self.patch_grid_shape_, pooling=self._pooling,
                 encoding=self.encoding, n_neighbors=self.n_neighbors_,
+                alpha=float(getattr(self, "alpha", 0.25)),
                 sign_convention=self._sign_convention(), full_input=self.full_input,
                 flip_invariant=self.flip_invariant,
                 patch_normalize=self.patch_normalize, power=self.power,

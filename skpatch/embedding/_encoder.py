@@ -10,6 +10,9 @@ device present. It picks, once, how the nearest atoms are found:
 - :class:`FaissSearch`: an exact faiss ``IndexFlatL2``, giving indices (and
   a mask and distances for 'triangle' and 'full').
 
+'soft_threshold' searches nothing: :class:`~skpatch.embedding._encodings.SoftThreshold`
+scores every atom in one GEMM, thresholds and pools.
+
 The estimator caches the engine, drops it when pickled and rebuilds it on
 first use after unpickling. torch is imported by the caller.
 """
@@ -223,6 +226,25 @@ def search_backend(knn_backend, device, n_neighbors):
     return "gemm"
 
 
+def _rows_with_ones(view, patch_dim, patch_normalize):
+    """Float32 patch rows ``(m, d + 1)`` of a patch view, the last column ones (a folded bias)."""
+    n_rows = int(np.prod(view.shape[:3]))
+    rows = np.empty((n_rows, patch_dim + 1), dtype=np.float32)
+    rows[:, patch_dim] = 1.0
+    target = rows[:, :patch_dim]
+    if patch_normalize:
+        patches = np.ascontiguousarray(view, dtype=np.float32).reshape(n_rows, patch_dim)
+        target[...] = normalize_patches(patches, True)
+        return rows
+    # the rows' first d columns seen as (b, gh, gw, ph, pw, C): one copy, no temporary
+    split = target.reshape(view.shape)
+    if np.shares_memory(split, rows):
+        np.copyto(split, view, casting="same_kind")
+    else:  # pragma: no cover - numpy could not split the axis without a copy
+        target[...] = np.ascontiguousarray(view, dtype=np.float32).reshape(n_rows, patch_dim)
+    return rows
+
+
 class PatchEncoder:
     """Pooled codes of images under a fitted dictionary, on one torch device.
 
@@ -236,7 +258,8 @@ class PatchEncoder:
         whitened rows.
     settings : dict
         ``patch_size``, ``stride``, ``grid_shape``, ``pooling`` (int, tuple
-        ``(size, stride)`` or None), ``encoding``, ``n_neighbors``,
+        ``(size, stride)`` or None), ``encoding``, ``n_neighbors``, ``alpha``
+        (the soft threshold),
         ``sign_convention`` (None: one sign; ``'centred'``: the negated
         whitened patch ``-q``; ``'raw'``: the whitened negated input
         ``(-x - mean) W``), ``full_input`` (``'whitened'`` or ``'raw'``),
@@ -252,6 +275,7 @@ class PatchEncoder:
         self.device = device
         self.patch_size, self.stride = settings["patch_size"], settings["stride"]
         self.encoding, self.k = settings["encoding"], settings["n_neighbors"]
+        self.alpha = settings.get("alpha", 0.25)
         self.sign_convention = settings["sign_convention"]
         self.index_gpus = settings.get("index_gpus", "device")
         self.signs = (1.0,) if self.sign_convention is None else (1.0, -1.0)
@@ -279,6 +303,8 @@ class PatchEncoder:
             if mirror_projection is not None:
                 self.projections.append(torch.as_tensor(mirror_projection, device=device))
         self.backend = search_backend(settings["knn_backend"], device, self.k)
+        if self.encoding == "soft_threshold":  # no search: the GEMM path's threads
+            self.backend = "gemm"
         self.search = self._make_search(atoms, index)
 
     @property
@@ -289,6 +315,8 @@ class PatchEncoder:
         return self.patch_dim if self.projections is None else self.projections[0].shape[1]
 
     def _make_search(self, atoms, index):
+        if self.encoding == "soft_threshold":
+            return self._soft_threshold(atoms)
         hard = self.encoding == "hard"
         if self.backend == "faiss":
             if index is None:
@@ -312,6 +340,23 @@ class PatchEncoder:
         return GemmSearch(score_weight, score_bias, negative_offset, self.negative_shift,
                           self.k, distances=self.encoding == "triangle")
 
+    def _soft_threshold(self, atoms):
+        """The soft threshold with ``s = q . a / |a|`` folded into one GEMM on the raw patches."""
+        atoms = torch.as_tensor(atoms, device=self.device, dtype=torch.float64)
+        norms = torch.linalg.vector_norm(atoms, dim=1)
+        # a zero atom projects every patch to 0 (no division by zero)
+        unit = atoms / torch.where(norms > 0, norms, torch.ones_like(norms))[:, None]
+        weight = self.whitening.double() @ unit.T
+        bias = -(self.mean.double() @ weight)  # s = x . weight + bias
+        negative_offset = None
+        if self.sign_convention == "centred":  # max(0, -s - alpha) = max(0, -2 alpha - (s - alpha))
+            negative_offset = torch.full_like(bias, -2.0 * self.alpha)
+        elif self.sign_convention == "raw":  # (-x - mean) W . a/|a| = -s + 2 bias
+            negative_offset = 2.0 * bias - 2.0 * self.alpha
+        as32 = lambda tensor: None if tensor is None else tensor.float()  # noqa: E731
+        return _encodings.SoftThreshold(as32(weight), as32(bias - self.alpha),
+                                        as32(negative_offset), self.pooling)
+
     @property
     def index(self):
         """The faiss index of the faiss search, else None."""
@@ -321,10 +366,15 @@ class PatchEncoder:
     def encode(self, images):
         """Pooled codes ``(b, n_signs, R, Q[, r])`` of a chunk of float images ``(b, H, W, C)``."""
         view = _extract_view(images, self.patch_size, self.stride, ((0, 0), (0, 0)))
+        n_images = images.shape[0]
+        if self.encoding == "soft_threshold" and self.search.fused:
+            rows = _rows_with_ones(view, self.patch_dim, self.patch_normalize)
+            return self.pooling.finish(self.search.region_sums(torch.from_numpy(rows), n_images))
         patches = np.ascontiguousarray(view, dtype=np.float32).reshape(-1, self.patch_dim)
         patches = torch.from_numpy(normalize_patches(patches, self.patch_normalize))
         patches = patches.to(self.device)
-        n_images = images.shape[0]
+        if self.encoding == "soft_threshold":
+            return self.pooling.finish(self.search.region_sums(patches, n_images))
         whitened = None
         if self.search.needs_whitened or self.encoding == "triangle" or (
             self.encoding == "full" and self.projections is not None
@@ -377,6 +427,10 @@ class PatchEncoder:
             # no dense (patches x atoms) buffer: faiss works best on large query blocks
             row_bytes = self.n_positions * (self.patch_dim + 3 * self.k) * 4
             working_memory = 64
+        elif self.encoding == "soft_threshold" and self.search.fused:
+            # no (patches x atoms) buffer beyond one ~1 MB block: the patches dominate
+            row_bytes = self.n_positions * self.patch_dim * 4 * 2
+            working_memory = 8
         elif self.k == 1 and self.encoding == "hard":
             # no dense buffer either (NearestAtomSearch): the patches, their
             # codes' slots and indices; large chunks keep the Python overhead low

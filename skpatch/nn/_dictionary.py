@@ -4,7 +4,8 @@
 of a fitted :class:`~skpatch.PatchDictionaryEmbedding`: the centring and the
 whitening folded into one convolution with the patch as its kernel, the
 scores ``2 q.a - |a|^2`` of every atom as a 1x1 convolution, the ``k``
-nearest atoms by :func:`torch.topk`. :class:`PatchDictionaryLayer` adds the
+nearest atoms by :func:`torch.topk` (for ``'soft_threshold'``, the
+projections on the unit atoms less the threshold, clamped at 0). :class:`PatchDictionaryLayer` adds the
 trained part of one layer of the published heads (average pooling,
 BatchNorm, a 1x1 bottleneck) and :class:`PatchDictionaryNet` stacks layers
 under a linear classifier, with the random crops (zero padding) of the
@@ -56,8 +57,11 @@ class PatchDictionaryCodes(nn.Module):
         The dictionary in the whitened space.
     patch_size, stride : tuple (ph, pw), tuple (sh, sw)
     n_neighbors : int
-        ``k``.
-    encoding : {'hard', 'full', 'triangle'}, default='hard'
+        ``k`` (unused by ``'soft_threshold'``, which selects no atoms).
+    encoding : {'hard', 'full', 'triangle', 'soft_threshold'}, default='hard'
+        ``'soft_threshold'``: ``max(0, q . a / |a| - alpha)`` for every atom
+        (Coates & Ng), the projections a 1x1 convolution with the atoms scaled
+        to unit length; no ``topk``.
     sign_convention : {None, 'centred', 'raw'}, default=None
         None: one sign; ``'centred'``: also the codes of ``-q``; ``'raw'``:
         also those of the whitened negated input ``(-x - mean) W``.
@@ -67,6 +71,8 @@ class PatchDictionaryCodes(nn.Module):
         Projection of the whitened patch on its ``r`` leading components,
         for ``'full'`` with ``full_input='whitened'``.
     patch_normalize : bool, default=False
+    alpha : float, default=0.25
+        The threshold of ``'soft_threshold'``.
 
     Examples
     --------
@@ -86,10 +92,15 @@ class PatchDictionaryCodes(nn.Module):
 
     def __init__(self, mean, whitening, atoms, *, patch_size, stride, n_neighbors,
                  encoding="hard", sign_convention=None, full_input="whitened",
-                 full_projection=None, patch_normalize=False):
+                 full_projection=None, patch_normalize=False, alpha=0.25):
         super().__init__()
-        if encoding not in ("hard", "full", "triangle"):
-            raise ValueError(f"encoding must be 'hard', 'full' or 'triangle', got {encoding!r}.")
+        if encoding not in ("hard", "full", "triangle", "soft_threshold"):
+            raise ValueError(
+                "encoding must be 'hard', 'full', 'triangle' or 'soft_threshold', "
+                f"got {encoding!r}."
+            )
+        if not float(alpha) >= 0:
+            raise ValueError(f"alpha must be a float >= 0, got {alpha!r}.")
         if sign_convention not in (None, "centred", "raw"):
             raise ValueError(
                 f"sign_convention must be None, 'centred' or 'raw', got {sign_convention!r}."
@@ -115,6 +126,7 @@ class PatchDictionaryCodes(nn.Module):
                 f"n_neighbors={n_neighbors} must be between 1 and the {self.n_atoms} atoms."
             )
         self.encoding = encoding
+        self.alpha = float(alpha)
         self.sign_convention = sign_convention
         self.full_input = full_input
         self.patch_normalize = bool(patch_normalize)
@@ -125,8 +137,14 @@ class PatchDictionaryCodes(nn.Module):
         self.register_buffer("whitening", whitening)
         self.register_buffer("whiten_weight", weight)
         self.register_buffer("whiten_bias", -(mean @ whitening))
-        self.register_buffer("atom_weight", (2.0 * atoms)[:, :, None, None].contiguous())
-        self.register_buffer("atom_bias", -(atoms**2).sum(dim=1))
+        if encoding == "soft_threshold":  # the projections q . a / |a| (0 for a zero atom)
+            norms = torch.linalg.vector_norm(atoms.double(), dim=1)
+            unit = (atoms.double() / torch.where(norms > 0, norms, 1.0)[:, None]).float()
+            self.register_buffer("atom_weight", unit[:, :, None, None].contiguous())
+            self.register_buffer("atom_bias", torch.zeros(self.n_atoms))
+        else:  # the scores 2 q.a - |a|^2
+            self.register_buffer("atom_weight", (2.0 * atoms)[:, :, None, None].contiguous())
+            self.register_buffer("atom_bias", -(atoms**2).sum(dim=1))
         projection = None
         if encoding == "full" and full_input == "whitened":
             if full_projection is None:
@@ -177,6 +195,7 @@ class PatchDictionaryCodes(nn.Module):
             sign_convention=sign_convention, full_input=embedding.full_input,
             full_projection=getattr(embedding, "_full_projection", None),
             patch_normalize=embedding.patch_normalize,
+            alpha=getattr(embedding, "alpha", 0.25),
         )
 
     @property
@@ -228,6 +247,8 @@ class PatchDictionaryCodes(nn.Module):
 
     def _codes(self, whitened, sign, x):
         scores = F.conv2d(whitened, self.atom_weight, self.atom_bias)  # 2 q.a - |a|^2
+        if self.encoding == "soft_threshold":  # scores are q . a / |a|
+            return (scores - self.alpha).clamp_min(0.0)
         k = self.n_neighbors
         if k == self.n_atoms:
             mask = torch.ones_like(scores)
