@@ -32,12 +32,18 @@ from .utils._parallel import effective_n_threads, thread_map
 from .utils._validation import (
     _check_pair,
     _reset_fitted_attributes,
+    check_flattened_output,
     check_images,
     restore_layout,
+    set_flattened_output,
     validate_images,
 )
 
 __all__ = ["PatchExtractor", "extract_patches", "reconstruct_from_patches"]
+
+# what set_output's refusal says the output is, with flatten=False and True
+_UNFLATTENED = "a patch grid (n, gh, gw, ph, pw, C)"
+_ROWS = "(n, gh*gw*ph*pw*C)"
 
 
 def _as_4d(images, name="images"):
@@ -460,6 +466,10 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         ``(n, gh, gw, ph, pw, C)`` (a read-only zero-copy view when there is
         no padding). If True, a C-contiguous 2-D array
         ``(n, gh * gw * ph * pw * C)`` in the input dtype, for tabular models.
+        Only these rows have feature names (``get_feature_names_out``) and
+        can be a pandas or polars DataFrame (``set_output``);
+        ``set_output(transform='pandas')`` with ``flatten=False`` is a
+        ``ValueError`` saying so.
     n_jobs : int, default=None
         Threads copying the patches when ``flatten=True`` and the output is
         large (32 MB or more; at most 8). ``None``: the process's limit (see
@@ -620,6 +630,7 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
         """
         if is_dask_array(X):
             return self._transform_dask(X)
+        check_flattened_output(self, returns=_UNFLATTENED, rows=_ROWS)
         return self._transform(X)
 
     def _transform_dask(self, X):
@@ -744,6 +755,26 @@ class PatchExtractor(TransformerMixin, BaseEstimator):
             for k in range(channels)
         ]
         return np.asarray(names, dtype=object)
+
+    def set_output(self, *, transform=None):
+        """Set the output container of ``transform`` and ``fit_transform``.
+
+        With ``flatten=True`` the rows can be a pandas or polars DataFrame,
+        columns named by :meth:`get_feature_names_out`. With ``flatten=False``
+        the output is a 6-D patch grid, not a table: a DataFrame output is a
+        ``ValueError`` that says so (under a global ``transform_output``
+        setting the grid passes through as an array).
+
+        Parameters
+        ----------
+        transform : {'default', 'pandas', 'polars'}, default=None
+            ``'default'``: ndarrays; None: leave the setting unchanged.
+
+        Returns
+        -------
+        self : PatchExtractor
+        """
+        return set_flattened_output(self, transform, returns=_UNFLATTENED, rows=_ROWS)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -98,7 +98,7 @@ def class_heatmap(estimator, X, *, classes=None, padding="same", pad_value="mean
     map for BagNet-33. The padded images are built on the host, one copy of
     ``X`` with its border. For an estimator that is not an skpatch
     classifier, ``padding`` is passed to its ``patch_logits`` and it pads as
-    it does. With ``estimator.verbose > 0`` the skpatch classifiers show a
+    it does. With ``estimator.verbose >= 2`` the skpatch classifiers show a
     progress bar on stderr over the image chunks (tqdm, as skorch's
     ``ProgressBar``).
 
@@ -266,7 +266,7 @@ def blackout_scores(
     With fraction 0 the accuracy equals ``estimator.score(X, y)`` for a
     patch-averaging estimator whose ``patch_logits`` default stride is its
     inference stride. A fraction that would drop every patch keeps one.
-    With ``estimator.verbose > 0`` the skpatch classifiers show a progress
+    With ``estimator.verbose >= 2`` the skpatch classifiers show a progress
     bar on stderr while the patch logits are computed.
 
     References

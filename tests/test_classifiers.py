@@ -682,3 +682,38 @@ def test_refit_forgets_the_earlier_fit(rgb_data):
     assert not hasattr(clf, "stale_")
     assert "valid_loss" not in clf.history_[-1] and "epochs" not in clf.callbacks_
     assert clf.image_shape_ == (9, 8, 1) and clf.channel_mean_.shape == (1,)
+
+
+def _default_verbosity_classifiers():
+    from skpatch import BagNetClassifier, PatchDictionaryClassifier
+
+    # every setting but verbose, which keeps its default
+    return [
+        PatchCNNClassifier(3, **{k: v for k, v in FAST.items() if k != "verbose"}),
+        BagNetClassifier(9, width=2, layers=(1, 1, 1, 1), max_epochs=1, batch_size=8,
+                         device="cpu", random_state=0),
+        PatchDictionaryClassifier(patch_size=3, n_atoms=8, n_neighbors=2, pooling=(3, 3),
+                                  bottleneck=4, max_epochs=1, batch_size=8, device="cpu",
+                                  random_state=0),
+    ]
+
+
+@pytest.mark.parametrize("clf", _default_verbosity_classifiers(),
+                         ids=lambda clf: type(clf).__name__)
+def test_prediction_is_silent_by_default(clf, capsys):
+    # predict and score run in every fold of a cross-validation: no output unless asked
+    rng = np.random.default_rng(0)
+    X = rng.random((16, 9, 9, 3)).astype(np.float32)
+    y = np.arange(16) % 2
+    clf.fit(X, y)
+    out, _ = capsys.readouterr()
+    assert "train_loss" in out  # verbose=1 keeps skorch's epoch table in fit
+    clf.predict(X)
+    clf.predict_proba(X)
+    clf.score(X, y)
+    if hasattr(clf, "patch_logits"):
+        clf.patch_logits(X)
+    assert capsys.readouterr() == ("", "")
+    clf.set_params(verbose=2).predict(X)  # opt-in progress bar on stderr
+    out, err = capsys.readouterr()
+    assert out == "" and "100%" in err

@@ -159,6 +159,23 @@ _BAGNET_NEEDS_9X9 = (
     "_RowsAsImages runs this check on valid 9x9 images"
 )
 
+# the sample-weight checks on BagNet: fit rejects the one-pixel-high rows, and
+# the Pipeline row's fit takes no sample_weight
+_BAGNET_WEIGHTS_NEED_9X9 = (
+    "fit rejects images smaller than the BagNet's 9x9 receptive field and "
+    "image_shape=(1, -1) rows are one pixel high, and Pipeline.fit has no "
+    "sample_weight; tests/test_sample_weight.py checks BagNet's weights on 12x12 images"
+)
+
+# minibatch SGD: integer weights are not repeated images
+_SGD_WEIGHTS_ARE_NOT_REPEATS = (
+    "each batch's loss is the weighted mean of its images' losses; repeating an "
+    "image instead puts its copies in other batches and changes the number of "
+    "steps, the shuffling and the crops drawn, so the fits differ (as for any "
+    "minibatch SGD); tests/test_sample_weight.py checks the invariants that hold "
+    "exactly (weight 0, equal weights)"
+)
+
 # checks whose X has arbitrary columns: run on the Pipeline row instead
 _BOUND_NEEDS_SETTINGS = (
     "X must be (N, K, H, W, C, T[, S]) settings of the bound and the check feeds "
@@ -175,9 +192,12 @@ EXPECTED_FAILED = {
             "sits in and cannot draw the tabular decision boundaries this check "
             "scores (it needs > 83% training accuracy on blobs)"
         ),
+        "check_sample_weight_equivalence_on_dense_data": _SGD_WEIGHTS_ARE_NOT_REPEATS,
     },
     "PatchOrderer": {},
-    "PatchDictionaryClassifier": {},
+    "PatchDictionaryClassifier": {
+        "check_sample_weight_equivalence_on_dense_data": _SGD_WEIGHTS_ARE_NOT_REPEATS,
+    },
     "BagNetClassifier": {
         check: _BAGNET_NEEDS_9X9
         for check in (
@@ -194,6 +214,14 @@ EXPECTED_FAILED = {
             "check_n_features_in_after_fitting", "check_pipeline_consistency",
             "check_positive_only_tag_during_fit", "check_readonly_memmap_input",
             "check_supervised_y_2d",
+        )
+    } | {
+        check: _BAGNET_WEIGHTS_NEED_9X9
+        for check in (
+            "check_classifiers_one_label_sample_weights",
+            "check_sample_weight_equivalence_on_dense_data", "check_sample_weights_list",
+            "check_sample_weights_not_an_array", "check_sample_weights_not_overwritten",
+            "check_sample_weights_pandas_series", "check_sample_weights_shape",
         )
     },
     "PatchBoundPredictor": {

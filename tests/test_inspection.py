@@ -254,7 +254,10 @@ def test_verbose_shows_a_progress_bar_on_stderr_and_changes_nothing(
     silent = run()
     out, err = capsys.readouterr()
     assert out == "" and err == ""
-    monkeypatch.setattr(odd, "verbose", 1)
+    monkeypatch.setattr(odd, "verbose", 1)  # the default: the epoch table of fit only
+    assert [a.tolist() for a in run()] == [a.tolist() for a in silent]
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(odd, "verbose", 2)
     shown = run()
     out, err = capsys.readouterr()
     assert out == ""
@@ -269,7 +272,7 @@ def test_verbose_shows_a_progress_bar_on_stderr_and_changes_nothing(
 
 def test_verbose_without_tqdm_is_silent(odd, data, capsys, monkeypatch):
     X, _ = data
-    monkeypatch.setattr(odd, "verbose", 1)
+    monkeypatch.setattr(odd, "verbose", 2)
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
     proba = odd.predict_proba(X)
     assert capsys.readouterr() == ("", "")

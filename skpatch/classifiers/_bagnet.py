@@ -179,9 +179,10 @@ class BagNetClassifier(BasePatchNetClassifier):
         ``torch.Generator`` objects of the fit; the global generators are
         left alone, so seeded fits in parallel threads equal serial ones.
     verbose : int, default=1
-        0 is silent, 1 prints skorch's epoch table, 2 adds a progress bar.
-        When > 0, inference (``predict_proba``, ``patch_logits`` and the
-        functions built on them) shows a tqdm progress bar on stderr.
+        0 is silent, 1 prints skorch's epoch table in ``fit`` (inference
+        stays silent), 2 adds skorch's progress bar and a tqdm progress bar
+        on stderr for inference (``predict_proba``, ``patch_logits`` and the
+        functions built on them).
     callbacks : list or None, default=None
         Extra skorch callbacks (copied; the fitted ones are in ``callbacks_``).
     image_shape : tuple (H, W) or (H, W, C), default=None
@@ -229,6 +230,18 @@ class BagNetClassifier(BasePatchNetClassifier):
     The stem BatchNorm keeps the reference momentum 0.001 when fine-tuning
     ``weights``; from scratch it uses 0.1, since with 0.001 its running
     statistics stay near their initial values for thousands of steps.
+
+    Sample weights: ``fit(X, y, sample_weight=w)`` weights the images (for
+    class imbalance, say). Each training batch's loss is the weighted mean
+    ``sum(w_i l_i) / sum(w_i)`` of its images' cross-entropies, so an image of
+    weight 0 adds nothing to the loss or its gradient, whatever its label, and
+    equal weights train exactly as no weights. The weights enter the loss
+    only: every image still counts in the per-channel normalization, the
+    batches (and their BatchNorm statistics) and the random augmentation.
+    The validation loss of ``train_split`` is weighted too. With metadata
+    routing on (``sklearn.set_config(enable_metadata_routing=True)``), a
+    Pipeline or GridSearchCV passes them to ``fit`` once asked with
+    ``set_fit_request(sample_weight=True)``.
 
     References
     ----------

@@ -63,6 +63,12 @@ skorch has already copied to the host, so no extra device sync) or non-finite
 weights (checked once per epoch) stop ``fit`` with a ``ValueError`` naming the
 epoch and ``lr``.
 
+Sample weights: ``fit(X, y, sample_weight)`` divides the weights by the
+largest; equal weights then train the plain skorch net (the mean loss, bit for
+bit), unequal ones a ``_WeightedNet`` whose batch loss is
+``sum(w_i l_i) / sum(w_i)``. Nothing else (normalization statistics, batches,
+crops) sees the weights.
+
 Randomness: ``random_state`` is read once at the top of ``fit``; seeds drawn
 from it start one ``torch.Generator`` each for the initial weights, the crops
 and flips (on the fit's device), the shuffling and the validation loader.
@@ -75,6 +81,7 @@ import copy
 import math
 import sys
 import warnings
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
@@ -84,8 +91,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+)
+from skorch import NeuralNetClassifier
 from skorch.callbacks import Callback, LRScheduler
+from skorch.utils import to_tensor
 
 from ..nn._patch_net import PatchNetModule, random_crop, sliding_window_logits
 from ..utils._dask import is_dask_array, map_row_blocks
@@ -217,6 +231,52 @@ class _DivergenceCheck(Callback):
             self._diverged(net, "the network's weights became non-finite (inf or nan)")
 
 
+class _WeightedNet(NeuralNetClassifier):
+    """skorch's classifier whose batch loss is the weighted mean of its images' losses.
+
+    ``fit`` takes ``X = {"images": x, "sample_weight": w}`` and a criterion
+    with ``reduction='none'``: each batch's loss is ``sum(w_i l_i) / sum(w_i)``,
+    so an image of weight 0 adds exactly 0 to the loss and to its gradient,
+    whatever its label, and a batch of weights 0 only has a loss of 0.
+    """
+
+    def infer(self, x, **fit_params):
+        if isinstance(x, Mapping):
+            x = x["images"]
+        return super().infer(x, **fit_params)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        losses = super().get_loss(y_pred, y_true, X=X, training=training)
+        if not isinstance(X, Mapping):
+            return losses.mean()
+        weights = to_tensor(X["sample_weight"], device=self.device)
+        total = weights.sum()
+        return (weights * losses).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+
+
+def _fit_sample_weight(sample_weight, images):
+    """Validated weights of the training images divided by the largest, or None if all equal.
+
+    The division changes no batch loss (a weighted mean), and makes equal
+    weights, whatever their value, exactly the unweighted fit.
+    """
+    if sample_weight is None:
+        return None
+    try:
+        weights = _check_sample_weight(
+            sample_weight, images, dtype=np.float64, ensure_non_negative=True
+        )
+    except ValueError as exc:
+        message = str(exc)
+        if "sample_weight" not in message:
+            message = f"sample_weight: {message}"
+        raise ValueError(message) from None
+    weights = weights / weights.max()
+    if np.all(weights == 1.0):
+        return None
+    return weights.astype(np.float32)
+
+
 def _class_logits(module, class_index):
     """``module`` as a map of raw patches to the logits of ``class_index`` only.
 
@@ -247,13 +307,15 @@ def _class_logits(module, class_index):
 
 
 def _chunk_starts(estimator, n_items, chunk_size, desc):
-    """``range(0, n_items, chunk_size)``; with ``estimator.verbose > 0`` a tqdm bar on stderr.
+    """``range(0, n_items, chunk_size)``; with ``estimator.verbose >= 2`` a tqdm bar on stderr.
 
     The bar counts images and advances once a chunk is done, like skorch's
-    ``ProgressBar``; without tqdm installed the loop stays silent.
+    ``ProgressBar``; without tqdm installed the loop stays silent. Below 2,
+    inference is silent: ``predict`` and ``score`` run in every fold of a
+    cross-validation.
     """
     starts = range(0, n_items, chunk_size)
-    if not estimator.verbose > 0:
+    if not estimator.verbose >= 2:
         yield from starts
         return
     try:
@@ -484,7 +546,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             raise
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train the network on the images ``X`` with labels ``y``.
 
         Parameters
@@ -493,6 +555,10 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             Training images (2-D rows need ``image_shape``).
         y : array-like of shape (n,)
             Class labels; at least two classes.
+        sample_weight : array-like of shape (n,) or float, default=None
+            Weights of the images: each batch's loss is the weighted mean of
+            its images' losses (see the class Notes). Finite, non-negative,
+            not all zero; equal weights train exactly as None.
 
         Returns
         -------
@@ -503,12 +569,14 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         ------
         ValueError
             If training diverges (a non-finite loss or weight), naming the
-            epoch and ``lr``; the estimator is then left unfitted.
+            epoch and ``lr``; the estimator is then left unfitted. If
+            ``sample_weight`` is negative, non-finite, all zero or not one
+            per image.
         """
         with self._fresh_fit():
-            return self._fit_net(X, y)
+            return self._fit_net(X, y, sample_weight)
 
-    def _fit_net(self, X, y):
+    def _fit_net(self, X, y, sample_weight=None):
         """One training run of ``fit`` (parameters validated, earlier fit forgotten)."""
         rng = check_random_state(self.random_state)
         # one seed each: validation split, initial weights, crops and flips, shuffling,
@@ -518,10 +586,9 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         )
         images = validate_images(self, X, reset=True, dtype="float")
         self.classes_, y_encoded = self._validate_targets(images, y)
+        weights = _fit_sample_weight(sample_weight, images)
         self._check_params_vs_input(images)
         self.device_ = resolve_device(self.device)
-
-        from skorch import NeuralNetClassifier
 
         x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32)
         mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
@@ -546,9 +613,15 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
             generator=augment_generator,
         )
         divergence = _DivergenceCheck(type(self).__name__, self.lr, self._fit_stage())
-        net = NeuralNetClassifier(
+        # unequal weights only: equal ones are the plain mean loss, bit for bit
+        net_class, fit_x, weighted = NeuralNetClassifier, x, {}
+        if weights is not None:
+            net_class, fit_x = _WeightedNet, {"images": x, "sample_weight": weights}
+            weighted = {"criterion__reduction": "none"}
+        net = net_class(
             module,
             criterion=torch.nn.CrossEntropyLoss,
+            **weighted,
             optimizer=optimizer,
             lr=self.lr,
             max_epochs=self.max_epochs,
@@ -568,7 +641,7 @@ class BasePatchNetClassifier(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings():
             # skorch warns that an instantiated module ignores module__ params
             warnings.filterwarnings("ignore", message=".*initialized.*", module="skorch")
-            net.fit(x, y_encoded)
+            net.fit(fit_x, y_encoded)
         self.net_ = net
         self.module_ = self.net_.module_.eval()
         # trained: a CUDA generator would not unpickle on a CPU-only machine

@@ -26,7 +26,7 @@ from ..nn._dictionary import PatchDictionaryCodes, PatchDictionaryLayer, PatchDi
 from ..nn._patch_net import build_initialized
 from ..utils._device import check_device_param, resolve_device
 from ..utils._validation import validate_images
-from ._base import _AUGMENTATIONS, _OPTIMIZERS, BasePatchNetClassifier
+from ._base import _AUGMENTATIONS, _OPTIMIZERS, BasePatchNetClassifier, _fit_sample_weight
 
 __all__ = ["PatchDictionaryClassifier"]
 
@@ -145,6 +145,9 @@ class PatchDictionaryClassifier(BasePatchNetClassifier):
         Seeds the dictionaries (patch sampling, atoms, k-means), the initial
         weights, the shuffling, the crops and flips.
     verbose : int, default=1
+        0 silent, 1 skorch's epoch table of each layer's training (inference
+        stays silent), 2 also the dictionaries' progress, skorch's progress
+        bar and a tqdm progress bar on stderr for inference.
     callbacks : list of skorch callbacks or (name, callback) pairs, default=None
     image_shape : tuple (H, W) or (H, W, C), default=None
 
@@ -168,6 +171,18 @@ channel_std_, n_features_in_, image_shape_
     -----
     There is no ``patch_logits``: the linear layer reads the whole pooled
     map, so no patch has class evidence of its own.
+
+    Sample weights: ``fit(X, y, sample_weight=w)`` weights the images (for
+    class imbalance, say). Each training batch's loss is the weighted mean
+    ``sum(w_i l_i) / sum(w_i)`` of its images' cross-entropies, so an image of
+    weight 0 adds nothing to the loss or its gradient, whatever its label, and
+    equal weights train exactly as no weights. The weights enter the loss
+    only: every image still counts in the per-channel normalization, the
+    batches (and their BatchNorm statistics) and the random augmentation, and the dictionaries, fitted without labels.
+    The validation loss of ``train_split`` is weighted too. With metadata
+    routing on (``sklearn.set_config(enable_metadata_routing=True)``), a
+    Pipeline or GridSearchCV passes them to ``fit`` once asked with
+    ``set_fit_request(sample_weight=True)``.
 
     References
     ----------
@@ -422,7 +437,7 @@ channel_std_, n_features_in_, image_shape_
             )
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the dictionaries and train the head, layer by layer.
 
         Parameters
@@ -431,6 +446,11 @@ channel_std_, n_features_in_, image_shape_
             Training images (2-D rows need ``image_shape``); uint8 is scaled to [0, 1].
         y : array-like of shape (n,)
             Class labels; at least two classes.
+        sample_weight : array-like of shape (n,) or float, default=None
+            Weights of the images in the loss of every layer's training (see
+            the class Notes); the dictionaries are fitted without them.
+            Finite, non-negative, not all zero; equal weights train exactly
+            as None.
 
         Returns
         -------
@@ -441,20 +461,23 @@ channel_std_, n_features_in_, image_shape_
         ValueError
             If training diverges (a non-finite loss or weight), naming the
             layer, the epoch and ``lr``; the estimator is then left unfitted.
+            If ``sample_weight`` is negative, non-finite, all zero or not one
+            per image.
         """
         with self._fresh_fit():
-            return self._fit_layers(X, y)
+            return self._fit_layers(X, y, sample_weight)
 
     def _fit_stage(self):
         n_layers = len(self._settings)
         return "" if n_layers == 1 else f"layer {self._stage + 1} of {n_layers}"
 
-    def _fit_layers(self, X, y):
+    def _fit_layers(self, X, y, sample_weight=None):
         self._settings = self._layer_settings()
         rng = check_random_state(self.random_state)
         seeds = rng.randint(np.iinfo(np.int32).max, size=len(self._settings))
         images = validate_images(self, X, reset=True, dtype="float")
         self._validate_targets(images, y)  # labels of one class fail before any dictionary
+        _fit_sample_weight(sample_weight, images)  # so do bad weights
         self._check_params_vs_input(images)
         self.device_ = resolve_device(self.device)
         x, mean, std = self._standardized(images)
@@ -464,7 +487,7 @@ channel_std_, n_features_in_, image_shape_
             inputs = self._layer_inputs(x, index)
             self.embeddings_.append(self._fit_dictionary(index, inputs, int(seeds[index])))
             self._stage = index
-            self._fit_net(X, y)
+            self._fit_net(X, y, sample_weight)
             self.layer_histories_.append(self.history_)
             self._trained_layers = list(self.module_.core.layers)
             self.module_.core.generator = None  # a CUDA generator would not unpickle on a CPU

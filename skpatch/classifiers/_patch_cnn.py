@@ -106,9 +106,10 @@ default='sgd'
         generators are left alone. On the CPU a fixed value gives identical
         models, also when several fits run in parallel threads.
     verbose : int, default=1
-        0 silent, 1 skorch's epoch table, 2 also skorch's ``ProgressBar``.
-        When > 0, inference (``predict_proba``, ``patch_logits`` and the
-        functions built on them) shows a tqdm progress bar on stderr.
+        0 silent, 1 skorch's epoch table in ``fit`` (inference stays
+        silent), 2 also skorch's ``ProgressBar`` and a tqdm progress bar on
+        stderr for inference (``predict_proba``, ``patch_logits`` and the
+        functions built on them).
     callbacks : list of skorch callbacks or (name, callback) pairs, default=None
         Passed through to the skorch net (as copies: the objects that ran are
         in ``callbacks_``); unnamed ones are named ``'user_0'``, ``'user_1'``...
@@ -151,6 +152,18 @@ default='sgd'
     ``(H - T + 1)(W - T + 1) T^2 / (H W)`` times one whole-image pass.
     The zero padding of :meth:`patch_logits` is applied to the raw images,
     before the per-channel normalization.
+
+    Sample weights: ``fit(X, y, sample_weight=w)`` weights the images (for
+    class imbalance, say). Each training batch's loss is the weighted mean
+    ``sum(w_i l_i) / sum(w_i)`` of its images' cross-entropies, so an image of
+    weight 0 adds nothing to the loss or its gradient, whatever its label, and
+    equal weights train exactly as no weights. The weights enter the loss
+    only: every image still counts in the per-channel normalization, the
+    batches (and their BatchNorm statistics) and the random augmentation.
+    The validation loss of ``train_split`` is weighted too. With metadata
+    routing on (``sklearn.set_config(enable_metadata_routing=True)``), a
+    Pipeline or GridSearchCV passes them to ``fit`` once asked with
+    ``set_fit_request(sample_weight=True)``.
 
     References
     ----------

@@ -295,9 +295,27 @@ def _read_folder(path, subset, lazy=False):
 class _ImageError(ValueError):
     """An image that decodes but whose values have no faithful uint8 mapping."""
 
+
+def _pil_image():
+    """``PIL.Image``, or an ImportError saying to install Pillow.
+
+    Pillow is a dependency of skpatch; an install made without dependencies
+    (``pip install --no-deps``) may still lack it.
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError(
+            "Loading an image folder or archive decodes its images with Pillow, "
+            "which is not installed: pip install pillow (a dependency of skpatch "
+            "that this environment lacks)."
+        ) from exc
+    return Image
+
+
 def _to_8bit(image, name):
     """The Pillow image in a mode whose values are 0..255."""
-    from PIL import Image
+    Image = _pil_image()
 
     mode = image.mode
     # PNG stores at most 16 bits, so mode 'I' from a PNG (older Pillow) is 16-bit too
@@ -317,7 +335,7 @@ def _to_8bit(image, name):
 
 
 def _decode(data, size, name):
-    from PIL import Image  # Pillow is only needed by the folder loaders
+    Image = _pil_image()  # Pillow is only needed by the folder loaders
 
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -549,6 +567,7 @@ def load_image_folder(
     read, are skipped with a ``UserWarning`` naming them (a file keeps the path
     with the fewest symlinks).
     """
+    _pil_image()  # before any file is read
     if size is not None:
         from ..utils._validation import check_size_pair
 

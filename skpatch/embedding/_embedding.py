@@ -783,8 +783,15 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
             ``(oh, ow) = pooled_grid_shape_``; the codes of a cell in the
             order ``(sign, atom[, component])``, so that
             ``maps[:, i, j]`` holds the features named ``*_r{i}_{j}_*``.
+            Always an array (a dask array for a dask ``X``), whatever
+            ``set_output`` or the global ``transform_output`` say: a map
+            is not a table.
         """
-        features = self.transform(X)
+        check_is_fitted(self)
+        if is_dask_array(X):
+            return map_row_blocks(self, "transform_maps", X)
+        # the private path: the set_output wrapper of transform would give a DataFrame
+        features = self._transform(self._validate_images(X, reset=False))
         oh, ow = self.pooled_grid_shape_
         n_signs = 1 if self._sign_convention() is None else 2
         maps = features.reshape(features.shape[0], n_signs, oh, ow, -1)

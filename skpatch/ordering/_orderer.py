@@ -19,7 +19,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, StrOptions, validate_params
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from ..extraction import extract_patches
 from ..utils._dask import is_dask_array, map_row_blocks
@@ -27,9 +28,11 @@ from ..utils._grid import patch_grid_shape
 from ..utils._parallel import effective_n_threads, thread_map
 from ..utils._validation import (
     _reset_fitted_attributes,
+    check_flattened_output,
     check_images,
     check_size_pair,
     restore_layout,
+    set_flattened_output,
     validate_images,
 )
 from ._measures import (
@@ -75,6 +78,9 @@ SIMILARITY_MEASURES = {
 }
 _MEASURES = set(STANDALONE_MEASURES) | set(SIMILARITY_MEASURES)
 _SIZE = [Interval(Integral, 1, None, closed="left"), tuple, list]
+# what set_output's refusal says the output is, with flatten=False and True
+_UNFLATTENED = "images in the layout of its input"
+_ROWS = "(n, H*W*C)"
 # elements of one (chunk, n_patches, C, N) feature array; keeps temporaries in cache
 _CHUNK_ELEMENTS = 2**21
 
@@ -431,7 +437,10 @@ _ORDERER_DOC = (
         ``(H, W, C)``, as ``numpy.reshape`` would), whatever the layout of
         the input; a picklable way to feed 3-D or 4-D images to a
         ``StandardScaler`` or a linear model in a ``Pipeline``. False returns
-        the layout of the input given to ``transform``.
+        the layout of the input given to ``transform``. Only flattened rows
+        have feature names (``get_feature_names_out``) and can be a pandas or
+        polars DataFrame (``set_output``); ``set_output(transform='pandas')``
+        with ``flatten=False`` is a ``ValueError`` saying so.
     image_shape : tuple (H, W) or (H, W, C), default=None
         Shape of one image when ``X`` is given as 2-D rows ``(n, H*W*C)``;
         one entry may be -1 (inferred).
@@ -569,6 +578,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         if is_dask_array(X):
             return map_row_blocks(self, "transform", X)
+        check_flattened_output(self, returns=_UNFLATTENED, rows=_ROWS)
         layout = _layout_of(X)
         images = validate_images(self, X, reset=False)
         return self._transform(images, layout)
@@ -591,6 +601,7 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
         if is_dask_array(X):
             return self.fit(X).transform(X)
         self._validate_params()
+        check_flattened_output(self, returns=_UNFLATTENED, rows=_ROWS)
         _reset_fitted_attributes(self)
         layout = _layout_of(X)
         images = validate_images(self, X, reset=True)
@@ -610,6 +621,54 @@ class PatchOrderer(TransformerMixin, BaseEstimator):
             self.n_jobs,
         )
         return restore_layout(ordered, "rows" if self.flatten else layout)
+
+    @available_if(lambda self: self.flatten)
+    def get_feature_names_out(self, input_features=None):
+        """Names of the flattened pixels: ``row{r}_col{c}_ch{k}``.
+
+        Only available with ``flatten=True``. Feature ``row{r}_col{c}_ch{k}``
+        is the pixel at ``(r, c)``, channel ``k``, of the *ordered* image
+        (row-major over ``(H, W, C)``), not the input pixel of that name.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Only checked against ``feature_names_in_``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self)
+        _check_feature_names_in(self, input_features, generate_names=False)
+        height, width, channels = self.image_shape_
+        names = [
+            f"row{r}_col{c}_ch{k}"
+            for r in range(height)
+            for c in range(width)
+            for k in range(channels)
+        ]
+        return np.asarray(names, dtype=object)
+
+    def set_output(self, *, transform=None):
+        """Set the output container of ``transform`` and ``fit_transform``.
+
+        With ``flatten=True`` the rows ``(n, H*W*C)`` can be a pandas or
+        polars DataFrame, columns named by :meth:`get_feature_names_out`.
+        With ``flatten=False`` the output is images, not a table: a DataFrame
+        output is a ``ValueError`` that says so (under a global
+        ``transform_output`` setting such images pass through as arrays).
+
+        Parameters
+        ----------
+        transform : {'default', 'pandas', 'polars'}, default=None
+            ``'default'``: ndarrays; None: leave the setting unchanged.
+
+        Returns
+        -------
+        self : PatchOrderer
+        """
+        return set_flattened_output(self, transform, returns=_UNFLATTENED, rows=_ROWS)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -12,6 +12,8 @@ import numpy as np
 from ._blocks import blocked_search
 
 __all__ = [
+    "GPU_FAISS_INSTALL",
+    "check_faiss_gpu",
     "import_faiss",
     "faiss_kmeans",
     "build_index",
@@ -23,20 +25,42 @@ __all__ = [
 ]
 
 
+# faiss-cpu (a dependency of skpatch) and the GPU wheels all install the same
+# `faiss` package: a GPU build replaces faiss-cpu, it cannot sit beside it
+GPU_FAISS_INSTALL = "pip uninstall -y faiss-cpu && pip install faiss-gpu"
+
+
 def import_faiss():
     """Return the faiss module or raise an ImportError saying what to install."""
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - faiss is a hard dependency here
         raise ImportError(
-            "PatchDictionaryEmbedding needs faiss: pip install faiss-cpu "
-            "(or faiss-gpu for CUDA)."
+            "PatchDictionaryEmbedding needs faiss: pip install faiss-cpu (or, for "
+            f"faiss on CUDA GPUs, a GPU build in its place: {GPU_FAISS_INSTALL})."
         ) from exc
     return faiss
 
 
 def _faiss_has_gpu(faiss):
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def check_faiss_gpu(faiss, what):
+    """Raise saying how to get a faiss that can run ``what`` on the GPUs, unless it can."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        raise ImportError(
+            f"{what} needs faiss with GPU support, but the installed faiss is a CPU "
+            "build (faiss-cpu, the one skpatch installs). Replace it with a GPU "
+            f"build: {GPU_FAISS_INSTALL} (or the faiss-gpu-cu12 / faiss-gpu-cu11 "
+            "wheel matching your CUDA)."
+        )
+    if faiss.get_num_gpus() == 0:
+        raise ValueError(
+            f"{what} needs a GPU that faiss can use, but faiss (built with GPU "
+            "support) sees none: its CUDA build may not match the driver, or "
+            "CUDA_VISIBLE_DEVICES hides the GPUs."
+        )
 
 
 def faiss_kmeans(points, n_clusters, *, n_iter=25, seed=0, use_gpu=False):
@@ -91,8 +115,15 @@ def build_index(atoms, *, use_gpu=False, device="cuda", all_gpus=False):
     spreads the atoms over every visible GPU instead (faiss's
     ``index_cpu_to_all_gpus`` with ``shard=True``: each GPU holds a part of
     one large dictionary and the results are merged exactly).
+
+    Where faiss has no GPU support, ``use_gpu`` keeps the index on the CPU
+    (the search still works), but ``use_gpu`` with ``all_gpus``, an explicit
+    request for GPU indexes, raises an ImportError naming the install step
+    (a ValueError when faiss has GPU support but sees no GPU).
     """
     faiss = import_faiss()
+    if use_gpu and all_gpus:
+        check_faiss_gpu(faiss, "index_gpus='all' (one faiss index sharded over every GPU)")
     atoms = np.ascontiguousarray(atoms, dtype=np.float32)
     index = faiss.IndexFlatL2(atoms.shape[1])
     index.add(atoms)

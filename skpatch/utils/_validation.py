@@ -524,6 +524,51 @@ def _reset_fitted_attributes(estimator):
         delattr(estimator, name)
 
 
+def set_flattened_output(estimator, transform, *, returns, rows):
+    """``set_output`` of an image transformer whose output is a 2-D table only when flattened.
+
+    scikit-learn offers ``set_output`` only where ``get_feature_names_out``
+    exists, so a Pipeline holding the transformer with ``flatten=False``
+    would fail with "Unable to configure output" and no reason. Here a
+    DataFrame output is refused, with the reason, when ``flatten=False``;
+    otherwise the configuration is stored where scikit-learn's output
+    wrapper reads it (as ``TransformerMixin.set_output`` does).
+
+    Parameters
+    ----------
+    estimator : estimator instance with a ``flatten`` parameter
+    transform : {'default', 'pandas', 'polars'} or None
+    returns, rows : str
+        What the unflattened output and the flattened rows are, in words.
+    """
+    if transform is None:
+        return estimator
+    check_flattened_output(estimator, transform, returns=returns, rows=rows)
+    config = getattr(estimator, "_sklearn_output_config", {})
+    estimator._sklearn_output_config = {**config, "transform": transform}
+    return estimator
+
+
+def check_flattened_output(estimator, transform=None, *, returns, rows):
+    """Raise a ValueError saying why an unflattened output cannot be a DataFrame.
+
+    ``transform=None`` reads the estimator's own ``set_output`` setting (the
+    global ``transform_output`` is left to scikit-learn, which passes arrays
+    without feature names through unchanged).
+    """
+    if transform is None:
+        transform = getattr(estimator, "_sklearn_output_config", {}).get("transform", "default")
+    if estimator.flatten or transform == "default":
+        return
+    name = type(estimator).__name__
+    raise ValueError(
+        f"{name}(flatten=False) returns {returns}, not a 2-D table of features, so "
+        f"its output cannot be a {transform} DataFrame (set_output(transform="
+        f"{transform!r})). Pass flatten=True to get rows {rows} with named columns "
+        "(get_feature_names_out), or keep set_output(transform='default')."
+    )
+
+
 def restore_layout(images, layout):
     """Return ``(n, H, W, C)`` images in the caller's layout.
 
