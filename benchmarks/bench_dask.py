@@ -2,32 +2,43 @@
 
 1. **Grid search.** ``Pipeline([PatchDictionaryEmbedding, LogisticRegression])``
    over 4 patch sizes x 3 folds on a stratified CIFAR-10 (JPEG copy) subset,
-   once in this single-threaded process (``n_jobs=1``) and once under
-   ``joblib.parallel_config(backend="dask", scatter=[X, y])`` on a
-   ``LocalCluster`` of 2 single-threaded worker processes. Reports the
-   speedup (serial wall time / cluster wall time, same run) and whether the
-   ``cv_results_`` are identical (every key but the four timing keys).
-   As a peer, two plain spawned processes each run half the grid (patch
-   sizes 3 and 6, 4 and 5) without Dask: the speedup the two cores give
-   this workload at all.
+   once in this single-threaded process (``n_jobs=1``) and under
+   ``joblib.parallel_config(backend="dask", scatter=[X, y])`` on 2
+   single-threaded worker processes, three times: on
+   ``skpatch.scaling.cpu_cluster(2)`` (workers without the nanny's
+   ``MALLOC_TRIM_THRESHOLD_``), on a ``LocalCluster`` with distributed's
+   default worker environment (``MALLOC_TRIM_THRESHOLD_=65536``), and on a
+   ``LocalCluster`` with that variable unset through the dask config (the
+   scaling guide's recipe; the same environment as ``cpu_cluster``, so a
+   second measurement of it). As the ceiling, two plain spawned processes
+   each run half the grid (patch sizes 3 and 6, 4 and 5) without Dask: the
+   speedup the two cores give this workload at all; it runs right after
+   ``cpu_cluster``'s search, whose speedup is compared with it. Reports
+   each speedup (serial wall time / that wall time, same run), whether the
+   ``cv_results_`` are identical (every key but the four timing keys), and
+   per fit (the 12 fits' mean) where it ran: the wall time
+   (``cv_results_``), and the CPU time and minor page faults of the
+   processes that ran it (``getrusage``; scoring and task handling
+   included).
 2. **Streaming.** The archive is unpacked into an image folder (60,000 JPEGs);
    ``load_image_folder(as_dask=True)`` lists it, a dictionary is fitted from
    a patch sample of the stream, and every image is embedded on the cluster
-   and written with ``dask.array.to_npy_stack`` (one .npy per chunk, by the
-   workers). Then the same with the folder repeated four times (hard links:
-   240,000 files, each decoded). Each scale runs on a fresh cluster, so each
-   worker's peak resident memory (``ru_maxrss``, read on the workers) is that
-   scale's. The first chunk's features are compared with the in-memory
-   transform of the same images.
+   (``cpu_cluster(2)``) and written with ``dask.array.to_npy_stack`` (one
+   .npy per chunk, by the workers). Then the same with the folder repeated
+   four times (hard links: 240,000 files, each decoded). Each scale runs on
+   a fresh cluster, so each worker's peak resident memory (``ru_maxrss``,
+   read on the workers) is that scale's. The first chunk's features are
+   compared with the in-memory transform of the same images.
 
 The last line is ``RESULT speedup_2_workers=<x> identical=<True|False>
-worker_peak_gb=<x> time_ratio_4x=<x> speedup_2_workers_no_malloc_trim=<x>``
-(peak: the largest over workers and scales; ratio: 4x wall time / 1x wall
-time; the last key: the search again on workers started without the
-nanny's ``MALLOC_TRIM_THRESHOLD_=65536``, which makes each fit here about
-25% slower). Run
-``python benchmarks/bench_dask.py`` (about 10 minutes on 2 cores) or
-``--quick`` (small sizes, a smoke test of the script).
+worker_peak_gb=<x> time_ratio_4x=<x> speedup_2_workers_no_malloc_trim=<x>
+ceiling_2_processes=<x> speedup_vs_ceiling=<x>
+speedup_2_workers_distributed_default=<x>`` (``speedup_2_workers``: on
+``cpu_cluster``; peak: the largest over workers and scales; ratio: 4x wall
+time / 1x wall time; ``speedup_vs_ceiling``: ``speedup_2_workers /
+ceiling_2_processes``). Run ``python benchmarks/bench_dask.py`` (about 10
+minutes on 2 cores) or ``--quick`` (small sizes, a smoke test of the
+script).
 """
 
 import os
@@ -54,35 +65,56 @@ def _peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _cluster(malloc_trim=True):
-    """2 single-threaded worker processes; ``malloc_trim=False`` unsets the nanny's
-    ``MALLOC_TRIM_THRESHOLD_`` (see the scaling guide's pitfalls)."""
+SETUPS = {
+    "cpu_cluster": "skpatch.scaling.cpu_cluster",
+    "default": "LocalCluster, distributed's default worker environment",
+    "no_malloc_trim": "LocalCluster, MALLOC_TRIM_THRESHOLD_ unset in the dask config",
+}
+
+
+def _cluster(setup="cpu_cluster"):
+    """2 single-threaded worker processes, set up as ``SETUPS[setup]`` says."""
     import dask
     from distributed import Client, LocalCluster
 
-    # a nanny writes its pre-spawn variables into this process's environment, which
-    # later children inherit: start each setup from a clean one
-    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    trim = {} if malloc_trim else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-    with dask.config.set(trim):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None, worker_dashboard_address=None)
+    from skpatch.scaling import cpu_cluster
+
+    options = dict(dashboard_address=None, worker_dashboard_address=None)
+    if setup == "cpu_cluster":
+        cluster = cpu_cluster(2, **options)
+    else:
+        # a nanny writes its pre-spawn variables into this process's environment, which
+        # later children inherit: start each setup from a clean one
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        trim = ({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+                if setup == "no_malloc_trim" else {})
+        with dask.config.set(trim):
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, **options)
     return cluster, Client(cluster)
 
 
-def _cluster_search(pipe, grid, X, y, malloc_trim):
+def _usage():
+    """CPU seconds and minor page faults of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return np.array([usage.ru_utime + usage.ru_stime, usage.ru_minflt])
+
+
+def _cluster_search(pipe, grid, X, y, setup):
     import joblib
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    cluster, client = _cluster(malloc_trim)
+    cluster, client = _cluster(setup)
     try:
         client.run(_quiet)
         client.run(_warm_up, X[:60], y[:60])
+        before = client.run(_usage)
         start = time.perf_counter()
         with joblib.parallel_config(backend="dask", scatter=[X, y]):
             search = GridSearchCV(pipe, grid, cv=StratifiedKFold(3), refit=False,
                                   n_jobs=-1).fit(X, y)
-        return search, time.perf_counter() - start
+        wall = time.perf_counter() - start
+        after = client.run(_usage)
+        return search, wall, sum(after[w] - before[w] for w in after)
     finally:
         client.close()
         cluster.close()
@@ -124,11 +156,28 @@ def _half_search(pipe, grid, X, y):
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     _quiet()
-    return GridSearchCV(pipe, grid, cv=StratifiedKFold(3), refit=False, n_jobs=1).fit(X, y)
+    before = _usage()
+    search = GridSearchCV(pipe, grid, cv=StratifiedKFold(3), refit=False, n_jobs=1).fit(X, y)
+    return search, _usage() - before
+
+
+def _plain_search(pipe, X, y):
+    """Two plain spawned processes, each searching half the grid alone: the ceiling."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    halves = [{"embed__patch_size": [3, 6]}, {"embed__patch_size": [4, 5]}]
+    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_warm_up, [X[:60]] * 2, [y[:60]] * 2))
+        start = time.perf_counter()
+        done = list(pool.map(_half_search, [pipe] * 2, halves, [X] * 2, [y] * 2))
+        wall = time.perf_counter() - start
+    fit_s = float(np.mean([search.cv_results_["mean_fit_time"] for search, _ in done]))
+    return wall, fit_s, sum(usage for _, usage in done)
 
 
 def grid_search(args):
-    import joblib
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
@@ -148,43 +197,42 @@ def grid_search(args):
     ])
     grid = {"embed__patch_size": [3, 4, 5, 6]}
     search = GridSearchCV(pipe, grid, cv=StratifiedKFold(3), refit=False)
+    n_fits = 4 * 3
     _quiet()
     _warm_up(X[:60], y[:60])  # imports and first-call setup out of the timing, both sides
+    before = _usage()
     start = time.perf_counter()
     serial = search.set_params(n_jobs=1).fit(X, y)
     serial_s = time.perf_counter() - start
-    distributed, cluster_s = _cluster_search(pipe, grid, X, y, malloc_trim=True)
-    no_trim, no_trim_s = _cluster_search(pipe, grid, X, y, malloc_trim=False)
-    # the hardware's own ceiling: two plain processes, each searching half the grid alone
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    halves = [{"embed__patch_size": [3, 6]}, {"embed__patch_size": [4, 5]}]
-    os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_warm_up, [X[:60]] * 2, [y[:60]] * 2))
-        start = time.perf_counter()
-        list(pool.map(_half_search, [pipe] * 2, halves, [X] * 2, [y] * 2))
-        plain_s = time.perf_counter() - start
-    identical = (_same_cv_results(serial.cv_results_, distributed.cv_results_)
-                 and _same_cv_results(serial.cv_results_, no_trim.cv_results_))
+    rows = {"this process, n_jobs=1": (serial_s, serial, _usage() - before)}
+    # the ceiling right after cpu_cluster's search: the two are compared
+    for setup in ("cpu_cluster", "plain", "default", "no_malloc_trim"):
+        if setup == "plain":
+            wall, plain_fit_s, usage = _plain_search(pipe, X, y)
+            rows["2 plain processes, half the grid each (no Dask; the ceiling)"] = (
+                wall, plain_fit_s, usage)
+        else:
+            found, wall, usage = _cluster_search(pipe, grid, X, y, setup)
+            rows[f"2 workers: {SETUPS[setup]}"] = (wall, found, usage)
+    identical = all(_same_cv_results(serial.cv_results_, found.cv_results_)
+                    for _, found, _ in rows.values() if not isinstance(found, float))
     print(f"grid search: {len(X)} images, 4 patch sizes x 3 folds, {args.n_atoms} atoms")
-    print(f"  1 process, n_jobs=1     {serial_s:7.1f} s")
-    print(f"  2 worker processes      {cluster_s:7.1f} s   speedup {serial_s / cluster_s:.2f}x"
-          "   (distributed's default worker environment)")
-    print(f"  2 worker processes      {no_trim_s:7.1f} s   speedup {serial_s / no_trim_s:.2f}x"
-          "   (MALLOC_TRIM_THRESHOLD_ unset)")
-    print(f"  2 plain processes, half the grid each (no Dask; the ceiling): {plain_s:.1f} s, "
-          f"speedup {serial_s / plain_s:.2f}x")
+    print("  per fit (mean of the 12): wall time where it ran (cv_results_), and CPU time "
+          "and minor page faults of the processes that ran it")
+    speedups = {}
+    for name, (wall, found, usage) in rows.items():
+        fit_s = found if isinstance(found, float) else float(np.mean(found.cv_results_["mean_fit_time"]))
+        speedups[name] = serial_s / wall
+        print(f"  {name:72s} {wall:6.1f} s  speedup {serial_s / wall:4.2f}x  |  fit {fit_s:.2f} s, "
+              f"CPU {usage[0] / n_fits:.2f} s, {usage[1] / n_fits / 1e3:5.0f}k faults")
+    # rows after the serial one: cpu_cluster, the ceiling, default workers, the config recipe
+    speedup, ceiling, default, no_trim = list(speedups.values())[1:]
+    print(f"  speedup on cpu_cluster / ceiling: {speedup / ceiling:.0%}; "
+          f"on distributed's default workers / ceiling: {default / ceiling:.0%}")
     print(f"  cv_results_ identical:  {identical}")
     print("  mean_test_score:", np.round(serial.cv_results_["mean_test_score"], 4))
-    # what each fit took where it ran (cv_results_' own timings, mean over the 12 fits)
-    fit_s = {name: float(np.mean(search.cv_results_["mean_fit_time"]))
-             for name, search in (("this process", serial), ("default workers", distributed),
-                                  ("workers, MALLOC_TRIM_THRESHOLD_ unset", no_trim))}
-    print("  mean fit time: " + ", ".join(f"{name} {t:.2f} s" for name, t in fit_s.items())
-          + f"  (default / this process: {fit_s['default workers'] / fit_s['this process']:.2f})")
-    return serial_s / cluster_s, serial_s / no_trim_s, identical
+    return dict(speedup=speedup, ceiling=ceiling, default=default, no_trim=no_trim,
+                identical=identical)
 
 
 def _unpack(archive, root, limit=None):
@@ -220,7 +268,7 @@ def _stream(folder, args, out_dir):
     from skpatch import PatchDictionaryEmbedding
     from skpatch.datasets import load_image_folder
 
-    cluster, client = _cluster()
+    cluster, client = _cluster("cpu_cluster")
     try:
         start = time.perf_counter()
         data = load_image_folder(folder, as_dask=True, chunk_size=args.chunk_size)
@@ -278,18 +326,21 @@ def main():
     args.n_stream = 3000 if args.quick else None
     args.chunk_size = 500 if args.quick else 2000
 
-    speedup, speedup_no_trim, identical = grid_search(args)
+    search = grid_search(args)
     work = Path(tempfile.mkdtemp(prefix="bench_dask_", dir=args.workdir))
     try:
         rows, ratio = streaming(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     peak = max(row["peak_gb"] for row in rows.values())
-    identical = identical and all(row["identical"] for row in rows.values())
+    identical = search["identical"] and all(row["identical"] for row in rows.values())
     print(f"client process peak {_peak_rss_gb():.2f} GB")
-    print(f"\nRESULT speedup_2_workers={speedup:.2f} identical={identical} "
+    print(f"\nRESULT speedup_2_workers={search['speedup']:.2f} identical={identical} "
           f"worker_peak_gb={peak:.2f} time_ratio_4x={ratio:.2f} "
-          f"speedup_2_workers_no_malloc_trim={speedup_no_trim:.2f}")
+          f"speedup_2_workers_no_malloc_trim={search['no_trim']:.2f} "
+          f"ceiling_2_processes={search['ceiling']:.2f} "
+          f"speedup_vs_ceiling={search['speedup'] / search['ceiling']:.2f} "
+          f"speedup_2_workers_distributed_default={search['default']:.2f}")
 
 
 if __name__ == "__main__":

@@ -531,6 +531,99 @@ def test_gpu_cluster_bad_arguments(monkeypatch):
     }
 
 
+def _cpu_worker_facts():
+    """The environment a worker process started with, its threads, and whether malloc reuses."""
+    import os
+    import resource
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from skpatch.utils._parallel import effective_n_threads
+
+    with open("/proc/self/environ", "rb") as f:  # what glibc read when the process started
+        started = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    faults = []
+    for _ in range(4):  # a 2 MiB array made and freed: reused, or mapped and faulted in anew
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = np.ones(2**18)
+        del block
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return dict(
+        trim=started.get(b"MALLOC_TRIM_THRESHOLD_"),
+        threads_env={name: os.environ.get(name) for name in
+                     ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        pools={info["num_threads"] for info in threadpool_info()},
+        torch_threads=torch.get_num_threads(), skpatch_threads=effective_n_threads(None),
+        last_faults=faults[-1],
+    )
+
+
+_GLIBC_LINUX = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _GLIBC_LINUX, reason="glibc's malloc on Linux")
+def test_cpu_cluster_workers_reuse_freed_memory_one_thread_each(monkeypatch):
+    """No MALLOC_TRIM_THRESHOLD_ in the workers (freed arrays are reused), one thread per task.
+
+    This process sets both the trim threshold and OMP_NUM_THREADS=4: neither
+    reaches the workers, and both are this process's again afterwards.
+    """
+    from skpatch.scaling import cpu_cluster
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    with cpu_cluster(2, dashboard_address=None, worker_dashboard_address=None) as cluster:
+        import os
+
+        after_start = {name: os.environ.get(name) for name in
+                       ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        with distributed.Client(cluster, set_as_default=False) as cpu_client:
+            facts = cpu_client.run(_cpu_worker_facts)
+            threads = {info["nthreads"] for info in cpu_client.scheduler_info()["workers"].values()}
+    assert after_start == {"MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "4",
+                           "MKL_NUM_THREADS": None}
+    assert len(facts) == 2 and threads == {1}
+    for fact in facts.values():
+        assert fact["trim"] is None
+        assert fact["threads_env"] == dict.fromkeys(
+            ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1")
+        assert fact["pools"] == {1}
+        assert (fact["torch_threads"], fact["skpatch_threads"]) == (1, 1)
+        assert fact["last_faults"] < 32, fact  # the freed 2 MiB were reused
+
+
+@pytest.mark.skipif(not _GLIBC_LINUX, reason="glibc's malloc on Linux")
+def test_cpu_cluster_malloc_trim_threshold_as_asked():
+    """distributed's own setting on request: then every 2 MiB array is faulted in anew."""
+    from skpatch.scaling import cpu_cluster
+
+    with cpu_cluster(1, malloc_trim_threshold=65536, dashboard_address=None,
+                     worker_dashboard_address=None) as cluster:
+        with distributed.Client(cluster, set_as_default=False) as cpu_client:
+            (fact,) = cpu_client.run(_cpu_worker_facts).values()
+    assert fact["trim"] == b"65536"
+    assert fact["last_faults"] > 256, fact  # 512 pages of 4 KiB
+
+
+def test_cpu_cluster_bad_arguments():
+    from skpatch.scaling import cpu_cluster
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads_per_worker"):
+            cpu_cluster(1, threads_per_worker=bad)
+        with pytest.raises(ValueError, match="n_workers"):
+            cpu_cluster(bad)
+    for bad in (-1, 1.5, True, "65536"):
+        with pytest.raises(ValueError, match="malloc_trim_threshold"):
+            cpu_cluster(1, malloc_trim_threshold=bad)
+    with pytest.raises(ValueError, match="processes"):
+        cpu_cluster(1, processes=False)
+    with pytest.raises(ValueError, match="asynchronous"):
+        cpu_cluster(1, asynchronous=True)
+
+
 def _fit_on_this_worker(estimator, X, y):
     import os
 
