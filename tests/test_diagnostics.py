@@ -560,6 +560,17 @@ def test_int8_gemm_counts_equal_bool_counts_on_a_full_layer():
     assert gram.max() > 14000
 
 
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float32"])
+def test_gram_matrix_equals_bool_counts(monkeypatch, int8):
+    bits = np.random.default_rng(7).random((150, 300)) < 0.5
+    monkeypatch.setattr(_gram, "_int8_gemm", lambda device: int8)
+    for working_memory in (2**26, 2**12):  # one chunk of units, chunks of 8 units
+        gram = _gram.gram_matrix(torch.from_numpy(np.packbits(bits, axis=1)), working_memory)
+        np.testing.assert_array_equal(
+            gram.numpy(), bits.astype(np.int64) @ bits.T.astype(np.int64)
+        )
+
+
 @pytest.mark.parametrize("n_units", [1, 7, 8, 13, 64])
 def test_device_side_unpacking_equals_numpy_unpackbits(n_units):
     packed = np.packbits(np.random.default_rng(n_units).random((5, n_units)) < 0.5, axis=1)

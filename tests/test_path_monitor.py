@@ -136,6 +136,21 @@ def test_history_holds_the_summaries_of_the_recorded_arrays(fitted, probe):
     assert not any(key.startswith("activation_") for key in last)
 
 
+def test_reused_previous_counts_give_the_recomputed_numbers(fitted):
+    # the previous epoch's overlaps serve as this epoch's norms; a monitor pickled before
+    # that cache existed (no _previous_counts) recomputes them: the same numbers
+    monitor = pickle.loads(pickle.dumps(fitted.callbacks_["paths"]))
+    module = fitted.module_
+    monitor._record_epoch(module)
+    assert monitor._previous_counts[0] is monitor.paths_
+    cached, _ = monitor._record_epoch(module)
+    del monitor._previous_counts
+    monitor.paths_ = monitor.previous_paths_
+    recomputed, _ = monitor._record_epoch(module)
+    for kind in ("overlap", "neighbour_ranks", "self_similarity", "cross_similarity"):
+        np.testing.assert_array_equal(cached[kind]["core.1"], recomputed[kind]["core.1"])
+
+
 def test_no_hooks_left_and_training_mode_untouched(fitted):
     for name, module in fitted.net_.module_.named_modules():
         assert not module._forward_hooks, name

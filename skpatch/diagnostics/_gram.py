@@ -16,9 +16,8 @@ from collections import namedtuple
 
 import numpy as np
 import torch
-from sklearn.utils import gen_batches
 
-__all__ = ["gram_rows", "pair_counts", "pair_plan", "popcount_rows", "to_device"]
+__all__ = ["gram_matrix", "gram_rows", "pair_counts", "pair_plan", "popcount_rows", "to_device"]
 
 # float32 holds every integer up to 2**24: the most 0/1 terms one float32 sum may take
 _FLOAT32_EXACT_TERMS = 2**24
@@ -26,14 +25,19 @@ _POPCOUNT = np.array([byte.bit_count() for byte in range(256)], dtype=np.uint8)
 _SHIFTS = (7, 6, 5, 4, 3, 2, 1, 0)  # np.packbits order: the first unit is the high bit
 
 # The pairs of a call: read from Gram rows (dense) or row by row; see pair_plan.
-PairPlan = namedtuple("PairPlan", "pairs dense blocks")
+PairPlan = namedtuple("PairPlan", "pairs dense blocks flat")
+
+
+def _batches(n, size):
+    """``sklearn.utils.gen_batches`` without its per-call parameter validation (hot loops)."""
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
 
 
 def popcount_rows(packed, working_memory):
     """Number of set bits of each row of a uint8 array, int64 (numpy, exact)."""
     counts = np.empty(len(packed), dtype=np.int64)
     n_rows = max(1, working_memory // max(1, packed.shape[1]))
-    for rows in gen_batches(len(packed), n_rows):
+    for rows in _batches(len(packed), n_rows):
         counts[rows] = _popcount(packed[rows]).sum(axis=1, dtype=np.int64)
     return counts
 
@@ -86,20 +90,33 @@ def gram_rows(packed, rows, working_memory):
     n_images, n_bytes = packed.shape
     int8 = _int8_gemm(packed.device)
     selector = _row_selector(rows, packed.device)
-    # bytes of one unpacked chunk: n images x 8 units x item size
-    step = max(1, working_memory // (8 * (1 if int8 else 4) * max(1, n_images)))
-    if not int8:
-        step = min(step, _FLOAT32_EXACT_TERMS // 8)
-    gram = torch.zeros((len(rows), n_images), dtype=torch.int64, device=packed.device)
-    for columns in gen_batches(n_bytes, step):
+    gram = None
+    for columns in _batches(n_bytes, _chunk_step(n_images, int8, working_memory)):
         bits = _unpack(packed[:, columns], int8)
         # index_select: several times faster than advanced indexing of int8 rows
         left = bits[selector] if isinstance(selector, slice) else bits.index_select(0, selector)
-        if int8:
-            gram += torch._int_mm(left, bits.T)
-        else:
-            gram += (left @ bits.T).to(torch.int64)
+        # int32 or float32 sums of at most 2**24 bits: exact, then added in int64
+        part = (torch._int_mm(left, bits.T) if int8 else left @ bits.T).to(torch.int64)
+        gram = part if gram is None else gram.add_(part)
+    if gram is None:  # no units
+        gram = torch.zeros((len(rows), n_images), dtype=torch.int64, device=packed.device)
     return gram
+
+
+def _chunk_step(n_images, int8, working_memory):
+    """Bytes of packed columns per chunk: the unpacked chunk within ``working_memory``."""
+    step = max(1, working_memory // (8 * (1 if int8 else 4) * max(1, n_images)))
+    return step if int8 else min(step, _FLOAT32_EXACT_TERMS // 8)
+
+
+def gram_matrix(packed, working_memory):
+    """The exact ``(n, n)`` Gram matrix of the bits, an int64 tensor on ``packed``'s device.
+
+    One GEMM per chunk of units, not one per block of rows above the diagonal:
+    oneDNN packs both int8 operands on every call, so cutting the product
+    into triangle blocks saves no time here.
+    """
+    return gram_rows(packed, np.arange(len(packed)), working_memory)
 
 
 def pair_plan(pairs, n_images, working_memory):
@@ -110,13 +127,15 @@ def pair_plan(pairs, n_images, working_memory):
     first images are taken ``n_rows`` at a time (a ``(n_rows, n)`` int64
     block of Gram rows within ``working_memory``); each block is ``(rows,
     selected, local_rows, columns)``: the pairs ``selected`` are the entries
-    ``(local_rows, columns)`` of the Gram rows ``rows``.
+    ``(local_rows, columns)`` of the Gram rows ``rows``. When the whole
+    ``(n, n)`` int64 Gram matrix fits in ``working_memory``, ``flat`` holds
+    the pairs' flat indices into it (:func:`gram_matrix`), else None.
     """
     if len(pairs) == 0:
-        return PairPlan(pairs, False, [])
+        return PairPlan(pairs, False, [], None)
     firsts = np.unique(pairs[:, 0])
     if 8 * len(pairs) < len(firsts) * n_images:
-        return PairPlan(pairs, False, [])
+        return PairPlan(pairs, False, [], None)
     position = np.searchsorted(firsts, pairs[:, 0])
     n_rows = max(1, working_memory // (8 * n_images))
     block = position // n_rows
@@ -129,13 +148,16 @@ def pair_plan(pairs, n_images, working_memory):
             firsts[start : start + n_rows], selected, position[selected] - start,
             pairs[selected, 1],
         ))
-    return PairPlan(pairs, True, blocks)
+    full = 8 * n_images * n_images <= working_memory
+    flat = pairs[:, 0] * n_images + pairs[:, 1] if full else None
+    return PairPlan(pairs, True, blocks, flat)
 
 
-def pair_counts(packed, plan, device, working_memory):
+def pair_counts(packed, plan, device, working_memory, gram=None):
     """``(m,)`` int64 numpy: popcount(``packed[i] & packed[j]``) for each pair of the plan.
 
     Dense plans multiply on ``device``; the row-by-row way runs in numpy.
+    ``gram``: the :func:`gram_matrix` of ``packed`` if already computed.
     """
     pairs = plan.pairs
     counts = np.zeros(len(pairs), dtype=np.int64)
@@ -143,11 +165,15 @@ def pair_counts(packed, plan, device, working_memory):
         return counts
     if not plan.dense:
         n_pairs = max(1, working_memory // (2 * max(1, packed.shape[1])))
-        for chunk in gen_batches(len(pairs), n_pairs):
+        for chunk in _batches(len(pairs), n_pairs):
             shared = packed[pairs[chunk, 0]] & packed[pairs[chunk, 1]]
             counts[chunk] = _popcount(shared).sum(axis=1, dtype=np.int64)
         return counts
     tensor = to_device(packed, device)
+    if plan.flat is not None:
+        if gram is None:
+            gram = gram_matrix(tensor, working_memory)
+        return gram.view(-1).take(torch.from_numpy(plan.flat).to(device)).cpu().numpy()
     for rows, selected, local_rows, columns in plan.blocks:
         gram = gram_rows(tensor, rows, working_memory)
         # the flat index of (local_rows, columns) in the (len(rows), n) block

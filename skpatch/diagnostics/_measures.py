@@ -18,7 +18,14 @@ import torch
 from sklearn.utils import gen_batches
 from sklearn.utils._param_validation import Interval, validate_params
 
-from ._gram import gram_rows, pair_counts, pair_plan, popcount_rows, to_device
+from ._gram import (
+    gram_matrix,
+    gram_rows,
+    pair_counts,
+    pair_plan,
+    popcount_rows,
+    to_device,
+)
 
 __all__ = [
     "activation_similarity",
@@ -155,16 +162,24 @@ def _pair_sums(features, pairs):
     return sums
 
 
-def _path_counts(packed, plan, device=None):
+def _path_counts(packed, plan, device=None, gram=None):
     """Exact shared on-units of each pair of the plan, int64."""
-    return pair_counts(packed, plan, torch.device(device or "cpu"), _WORKING_MEMORY)
-
-
-def _ranks(packed, queries, device=None):
-    """Neighbour ranks of the queries by exact overlap, int64 ``(len(queries), n)``."""
-    n_images = len(packed)
     device = torch.device(device or "cpu")
-    overlap = gram_rows(to_device(packed, device), queries, _WORKING_MEMORY).cpu().numpy()
+    return pair_counts(packed, plan, device, _WORKING_MEMORY, gram)
+
+
+def _ranks(packed, queries, device=None, gram=None):
+    """Neighbour ranks of the queries by exact overlap, int64 ``(len(queries), n)``.
+
+    ``gram``: the :func:`gram_matrix` of ``packed`` if already computed.
+    """
+    n_images = len(packed)
+    if gram is None:
+        tensor = to_device(packed, torch.device(device or "cpu"))
+        overlap = gram_rows(tensor, queries, _WORKING_MEMORY)
+    else:
+        overlap = gram[torch.tensor(queries, dtype=torch.int64, device=gram.device)]
+    overlap = overlap.cpu().numpy()
     query_rows = np.arange(len(queries))
     overlap[query_rows, queries] = -1  # below every count: the query sorts last
     order = np.argsort(-overlap, axis=1, kind="stable")
@@ -174,14 +189,17 @@ def _ranks(packed, queries, device=None):
     return ranks
 
 
-def _path_epoch(before, after, pairs, queries, device=None):
+def _path_epoch(before, after, pairs, queries, device=None, before_counts=None):
     """Every path measure of one monitored epoch, per layer, each count computed once.
 
-    ``before`` is None at the first recorded epoch. Returns ``(record,
-    on_counts)``: ``record`` maps ``'overlap'``, ``'neighbour_ranks'`` and,
-    with ``before``, ``'self_similarity'``, ``'cross_similarity'`` to dicts
-    from layer to the arrays the public measures return (the same numbers);
-    ``on_counts`` maps each layer to its per-image count of on-units.
+    ``before`` is None at the first recorded epoch. ``before_counts``, if
+    given, is the ``(overlap, on_counts)`` this function returned for
+    ``before`` with the same pairs: its counts are reused, not recomputed.
+    Returns ``(record, on_counts)``: ``record`` maps ``'overlap'``,
+    ``'neighbour_ranks'`` and, with ``before``, ``'self_similarity'``,
+    ``'cross_similarity'`` to dicts from layer to the arrays the public
+    measures return (the same numbers); ``on_counts`` maps each layer to its
+    per-image count of on-units.
     """
     pairs = _check_pairs(pairs, _n_images(after))
     plan = pair_plan(pairs, _n_images(after), _WORKING_MEMORY)
@@ -190,20 +208,27 @@ def _path_epoch(before, after, pairs, queries, device=None):
         record["self_similarity"], record["cross_similarity"] = {}, {}
     on_counts = {}
     for layer, packed in after.items():
-        overlap = _path_counts(packed, plan, device)
+        # all pairs of a few hundred images: one Gram matrix gives overlaps and ranks
+        gram = None
+        if plan.flat is not None:
+            gram = gram_matrix(to_device(packed, torch.device(device or "cpu")), _WORKING_MEMORY)
+        overlap = _path_counts(packed, plan, device, gram)
         record["overlap"][layer] = overlap
-        record["neighbour_ranks"][layer] = _ranks(packed, queries, device)
+        record["neighbour_ranks"][layer] = _ranks(packed, queries, device, gram)
         on_counts[layer] = popcount_rows(packed, _WORKING_MEMORY)
         if before is None:
             continue
+        if before_counts is None:
+            overlap_before = _path_counts(before[layer], plan, device)
+            on_before = popcount_rows(before[layer], _WORKING_MEMORY)
+        else:
+            overlap_before, on_before = before_counts[0][layer], before_counts[1][layer]
         shared = before[layer] & packed
         record["self_similarity"][layer] = _cosine(
-            popcount_rows(shared, _WORKING_MEMORY),
-            popcount_rows(before[layer], _WORKING_MEMORY) * on_counts[layer],
+            popcount_rows(shared, _WORKING_MEMORY), on_before * on_counts[layer]
         )
         record["cross_similarity"][layer] = _cosine(
-            _path_counts(shared, plan, device),
-            overlap * _path_counts(before[layer], plan, device),
+            _path_counts(shared, plan, device), overlap * overlap_before
         )
     return record, on_counts
 

@@ -230,6 +230,7 @@ class PathMonitor(Callback):
         self.layers_ = None
         self.n_units_ = None
         self.paths_ = self.previous_paths_ = None
+        self._previous_counts = None  # (paths_, their overlaps, their on-unit counts)
         self.activations_ = self.previous_activations_ = None
         self._records = []
         self._reset_results()
@@ -286,13 +287,17 @@ class PathMonitor(Callback):
         self.previous_paths_, self.paths_ = self.paths_, paths
         # exact counts on the network's device (a GPU's GEMMs when it has one)
         device, _ = _input_device_dtype(module, None)
+        # the previous epoch's overlaps are the norms of this epoch's cross similarity
+        cached = getattr(self, "_previous_counts", None)  # absent in older pickles
+        before_counts = cached[1:] if cached and cached[0] is self.previous_paths_ else None
         record, on_counts = _path_epoch(
-            self.previous_paths_, paths, self.pairs_, self.queries_, device
+            self.previous_paths_, paths, self.pairs_, self.queries_, device, before_counts
         )
         count_dtype = self._count_dtype()
         for kind in ("overlap", "neighbour_ranks"):
             # the same integers in a compact dtype
             record[kind] = {name: a.astype(count_dtype) for name, a in record[kind].items()}
+        self._previous_counts = (paths, record["overlap"], on_counts)
         if self.activations:
             values = relu_activations(module, self._probe, layers=self.layers_)
             self.previous_activations_, self.activations_ = self.activations_, values
