@@ -248,7 +248,8 @@ def test_zero_atom_gives_zero_codes_not_nan():
     dict(pooling=1, power=0.5, patch_normalize=True),
 ])
 def test_transform_identical_whatever_the_chunk_size_and_threads(settings, monkeypatch):
-    # blocks of 40 rows over a 14 x 14 = 196-position grid: 5 blocks, the last one padded
+    # blocks of 40 rows (22 with two signs) over a 14 x 14 = 196-position grid:
+    # 5 (9) blocks, the last one padded
     monkeypatch.setattr(_encodings, "_THRESHOLD_BLOCK_BYTES", 4 * 16 * 45)
     X = _images(n=9, height=16)
     base = PatchDictionaryEmbedding(
@@ -257,7 +258,9 @@ def test_transform_identical_whatever_the_chunk_size_and_threads(settings, monke
     ).fit(X)
     search = base._get_encoder().search
     if settings["pooling"] is not None:
-        assert search.fused and search.block_rows == 40 and len(search.blocks) == 5
+        two_signs = settings.get("both_signs", False) is not False
+        assert search.fused and search.block_rows == (22 if two_signs else 40)
+        assert len(search.blocks) == (9 if two_signs else 5)
     reference = base.transform(X)
     assert reference.dtype == np.float32
     for batch_size, n_jobs in [(1, 1), (3, 1), (2, 2), ("auto", 2), (9, 1)]:
