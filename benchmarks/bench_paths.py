@@ -127,7 +127,8 @@ def run_overhead(X, y, cfg):
     forward_seconds = []
     for _ in range(3):
         start = time.perf_counter()
-        relu_paths(monitored.module_, monitor._probe, layers=monitor.layers_)
+        relu_paths(monitored.module_, monitor._probe, layers=monitor.layers_,
+                   batch_size=monitor._forward_batch_size())
         forward_seconds.append(time.perf_counter() - start)
     start = time.perf_counter()
     # the paths of the last two epochs (2 epochs): the all-pairs cross similarity of every layer

@@ -151,6 +151,19 @@ def test_reused_previous_counts_give_the_recomputed_numbers(fitted):
         np.testing.assert_array_equal(cached[kind]["core.1"], recomputed[kind]["core.1"])
 
 
+def test_probe_forward_in_small_batches_records_the_same_paths(data, probe, monkeypatch):
+    from skpatch.diagnostics import _monitor
+
+    X, y = data
+    # 3 images per forward on the 8 x 12 x 12 units of TinyPatchNet's ReLU
+    monkeypatch.setattr(_monitor, "_FORWARD_BYTES", 4 * 8 * 12 * 12 * 3)
+    clf = _patch_cnn(PathMonitor(probe), max_epochs=2).fit(X, y)
+    monitor = clf.callbacks_["paths"]
+    assert monitor._forward_batch_size() == 3
+    x = np.ascontiguousarray(probe.transpose(0, 3, 1, 2), dtype=np.float32) / 255
+    np.testing.assert_array_equal(monitor.paths_["core.1"], relu_paths(clf.module_, x)["core.1"])
+
+
 def test_no_hooks_left_and_training_mode_untouched(fitted):
     for name, module in fitted.net_.module_.named_modules():
         assert not module._forward_hooks, name
