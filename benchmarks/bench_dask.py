@@ -12,9 +12,10 @@
    scaling guide's recipe; the same environment as ``cpu_cluster``, so a
    second measurement of it). As the ceiling, two plain spawned processes
    each run half the grid (patch sizes 3 and 6, 4 and 5) without Dask: the
-   speedup the two cores give this workload at all; it runs right after
-   ``cpu_cluster``'s search, whose speedup is compared with it. Reports
-   each speedup (serial wall time / that wall time, same run), whether the
+   speedup the two cores give this workload at all. ``cpu_cluster``'s
+   search and the ceiling, whose ratio is the key figure, run twice each,
+   alternating (A B B A), and their mean wall times count. Reports each
+   speedup (serial wall time / that wall time, same run), whether the
    ``cv_results_`` are identical (every key but the four timing keys), and
    per fit (the 12 fits' mean) where it ran: the wall time
    (``cv_results_``), and the CPU time and minor page faults of the
@@ -204,29 +205,38 @@ def grid_search(args):
     start = time.perf_counter()
     serial = search.set_params(n_jobs=1).fit(X, y)
     serial_s = time.perf_counter() - start
-    rows = {"this process, n_jobs=1": (serial_s, serial, _usage() - before)}
-    # the ceiling right after cpu_cluster's search: the two are compared
-    for setup in ("cpu_cluster", "plain", "default", "no_malloc_trim"):
+    runs = {"this process, n_jobs=1": [(serial_s, serial, _usage() - before)]}
+    names = {"plain": "2 plain processes, half the grid each (no Dask; the ceiling)",
+             **{setup: f"2 workers: {label}" for setup, label in SETUPS.items()}}
+    # cpu_cluster and the ceiling, whose ratio is the key figure, alternate A B B A on
+    # this shared machine: a load that drifts during the run weighs on both alike
+    for setup in ("cpu_cluster", "plain", "plain", "cpu_cluster", "default", "no_malloc_trim"):
         if setup == "plain":
-            wall, plain_fit_s, usage = _plain_search(pipe, X, y)
-            rows["2 plain processes, half the grid each (no Dask; the ceiling)"] = (
-                wall, plain_fit_s, usage)
+            run = _plain_search(pipe, X, y)
         else:
             found, wall, usage = _cluster_search(pipe, grid, X, y, setup)
-            rows[f"2 workers: {SETUPS[setup]}"] = (wall, found, usage)
+            run = (wall, found, usage)
+        runs.setdefault(names[setup], []).append(run)
     identical = all(_same_cv_results(serial.cv_results_, found.cv_results_)
-                    for _, found, _ in rows.values() if not isinstance(found, float))
-    print(f"grid search: {len(X)} images, 4 patch sizes x 3 folds, {args.n_atoms} atoms")
+                    for done in runs.values() for _, found, _ in done
+                    if not isinstance(found, float))
+    print(f"grid search: {len(X)} images, 4 patch sizes x 3 folds, {args.n_atoms} atoms "
+          f"(load average {os.getloadavg()[0]:.1f} at the end)")
     print("  per fit (mean of the 12): wall time where it ran (cv_results_), and CPU time "
-          "and minor page faults of the processes that ran it")
+          "and minor page faults of the processes that ran it; two runs: their mean")
     speedups = {}
-    for name, (wall, found, usage) in rows.items():
-        fit_s = found if isinstance(found, float) else float(np.mean(found.cv_results_["mean_fit_time"]))
+    for name, done in runs.items():
+        wall = float(np.mean([run[0] for run in done]))
+        fit_s = float(np.mean([found if isinstance(found, float)
+                               else np.mean(found.cv_results_["mean_fit_time"])
+                               for _, found, _ in done]))
+        usage = np.mean([run[2] for run in done], axis=0)
         speedups[name] = serial_s / wall
+        each = f" ({' / '.join(f'{run[0]:.1f}' for run in done)})" if len(done) > 1 else ""
         print(f"  {name:72s} {wall:6.1f} s  speedup {serial_s / wall:4.2f}x  |  fit {fit_s:.2f} s, "
-              f"CPU {usage[0] / n_fits:.2f} s, {usage[1] / n_fits / 1e3:5.0f}k faults")
-    # rows after the serial one: cpu_cluster, the ceiling, default workers, the config recipe
-    speedup, ceiling, default, no_trim = list(speedups.values())[1:]
+              f"CPU {usage[0] / n_fits:.2f} s, {usage[1] / n_fits / 1e3:5.0f}k faults{each}")
+    speedup, ceiling, default, no_trim = (speedups[names[setup]] for setup in
+                                          ("cpu_cluster", "plain", "default", "no_malloc_trim"))
     print(f"  speedup on cpu_cluster / ceiling: {speedup / ceiling:.0%}; "
           f"on distributed's default workers / ceiling: {default / ceiling:.0%}")
     print(f"  cv_results_ identical:  {identical}")
