@@ -22,6 +22,7 @@ from skpatch import PatchDictionaryClassifier, PatchDictionaryEmbedding
 from skpatch.datasets import load_digits_images
 from skpatch.embedding import _encodings
 from skpatch.nn import PatchDictionaryCodes
+from skpatch.utils import _kernels
 
 F32 = np.finfo(np.float32).eps
 
@@ -156,7 +157,7 @@ def test_pooled_codes_are_the_region_means_of_the_formula(pooling, both_signs):
         patch_size=3, n_atoms=16, encoding="soft_threshold", both_signs=both_signs,
         pooling=pooling, random_state=0,
     ).fit(X)
-    assert emb._get_encoder().search.fused  # the fused CPU path (pooling != None)
+    assert isinstance(emb._get_encoder().search, _encodings.FusedCodes)  # the CPU kernels
     expected = _pool(_reference_codes(emb, X), pooling)
     got = _as_reference_layout(emb, emb.transform(X))
     assert got.shape == expected.shape
@@ -242,25 +243,27 @@ def test_zero_atom_gives_zero_codes_not_nan():
 # ---- chunks, threads, blocks --------------------------------------------------
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["kernels", "torch"])
 @pytest.mark.parametrize("settings", [
     dict(pooling=2), dict(pooling=2, both_signs=True), dict(pooling=(3, 2), both_signs="raw"),
     dict(pooling=3, flip_invariant=True, both_signs=True), dict(pooling=None, both_signs=True),
     dict(pooling=1, power=0.5, patch_normalize=True),
 ])
-def test_transform_identical_whatever_the_chunk_size_and_threads(settings, monkeypatch):
-    # blocks of 40 rows (22 with two signs) over a 14 x 14 = 196-position grid:
-    # 5 (9) blocks, the last one padded
-    monkeypatch.setattr(_encodings, "_THRESHOLD_BLOCK_BYTES", 4 * 16 * 45)
+def test_transform_identical_whatever_the_chunk_size_and_threads(settings, fused, monkeypatch):
+    # at most 45 rows a block: 5 blocks of 40 rows for the 14 x 14 = 196 positions of
+    # each image, the last one padded
+    monkeypatch.setattr(_encodings, "_FUSED_BLOCK_BYTES", 4 * 16 * 45)
+    if not fused:  # the chunk-level GEMM, threshold and RegionPooling.dense (GPU path)
+        monkeypatch.setattr(_kernels, "available", lambda: False)
     X = _images(n=9, height=16)
     base = PatchDictionaryEmbedding(
         patch_size=3, n_atoms=16, encoding="soft_threshold", batch_size="auto", n_jobs=1,
         random_state=0, **settings,
     ).fit(X)
     search = base._get_encoder().search
-    if settings["pooling"] is not None:
-        two_signs = settings.get("both_signs", False) is not False
-        assert search.fused and search.block_rows == (22 if two_signs else 40)
-        assert len(search.blocks) == (9 if two_signs else 5)
+    assert isinstance(search, _encodings.FusedCodes) == fused
+    if fused:
+        assert search.block_rows == 40
     reference = base.transform(X)
     assert reference.dtype == np.float32
     for batch_size, n_jobs in [(1, 1), (3, 1), (2, 2), ("auto", 2), (9, 1)]:
@@ -270,17 +273,19 @@ def test_transform_identical_whatever_the_chunk_size_and_threads(settings, monke
     assert_array_equal(base.transform(X[4:5]), reference[4:5])
 
 
-def test_fused_and_dense_paths_agree(monkeypatch):
-    """The fused per-image path equals the chunk-level GEMM + RegionPooling.dense path."""
+@pytest.mark.parametrize("pooling", [2, (3, 2), None])
+def test_kernels_and_torch_paths_agree(pooling, monkeypatch):
+    """The CPU kernels equal the chunk-level GEMM + RegionPooling.dense path (the GPU's)."""
     X = _images(n=5, height=12)
-    emb = PatchDictionaryEmbedding(patch_size=3, n_atoms=16, encoding="soft_threshold",
-                                   both_signs="raw", pooling=(3, 2), flip_invariant=True,
-                                   random_state=0).fit(X)
-    fused = emb.transform(X)
-    search = emb._get_encoder().search
-    search.fused = False
-    dense = emb.transform(X)
-    assert_allclose(fused, dense, rtol=0, atol=_score_atol(emb, X) + 32 * F32 * fused.max())
+    params = dict(patch_size=3, n_atoms=16, encoding="soft_threshold", both_signs="raw",
+                  pooling=pooling, flip_invariant=True, random_state=0)
+    fused = PatchDictionaryEmbedding(**params).fit(X)
+    monkeypatch.setattr(_kernels, "available", lambda: False)
+    dense = PatchDictionaryEmbedding(**params).fit(X)
+    assert isinstance(fused._get_encoder().search, _encodings.FusedCodes)
+    assert isinstance(dense._get_encoder().search, _encodings.SoftThreshold)
+    got, expected = fused.transform(X), dense.transform(X)
+    assert_allclose(got, expected, rtol=0, atol=_score_atol(fused, X) + 100 * F32 * got.max())
 
 
 def test_pickle_round_trip_gives_the_same_codes():

@@ -10,8 +10,12 @@ device present. It picks, once, how the nearest atoms are found:
 - :class:`FaissSearch`: an exact faiss ``IndexFlatL2``, giving indices (and
   a mask and distances for 'triangle' and 'full').
 
-'soft_threshold' searches nothing: :class:`~skpatch.embedding._encodings.SoftThreshold`
-scores every atom in one GEMM, thresholds and pools.
+'soft_threshold' searches nothing: it scores every atom in one GEMM,
+thresholds and pools. On a CPU with numba, 'soft_threshold' and 'hard' codes
+with ``k >= 2`` on the GEMM path run as
+:class:`~skpatch.embedding._encodings.FusedCodes`: GEMM blocks turned into
+codes and pooled by compiled kernels while in cache (the exact top-k by
+counting passes instead of :func:`numpy.partition`).
 
 The estimator caches the engine, drops it when pickled and rebuilds it on
 first use after unpickling. torch is imported by the caller.
@@ -26,7 +30,7 @@ import torch
 from sklearn.utils import gen_batches
 from sklearn.utils._chunking import get_chunk_n_rows
 
-from ..utils import _faiss
+from ..utils import _faiss, _kernels
 from ..utils._blocks import block_rows_for, blocked_addmm
 from ..utils._grid import _extract_view
 from ..utils._parallel import effective_n_threads
@@ -337,6 +341,13 @@ class PatchEncoder:
             negative_offset = 2.0 * score_bias  # 2 (-x - mean) W a - |a|^2
         if self.k == 1 and hard:
             return NearestAtomSearch(score_weight, score_bias, negative_offset)
+        if hard and self.device == "cpu" and self.k < self.n_atoms and _kernels.available():
+            # select and count in compiled kernels, block by block: no mask, no partition
+            return _encodings.FusedCodes(
+                score_weight, score_bias,
+                None if self.sign_convention is None else negative_offset, self.pooling,
+                kind="top_k", k=self.k,
+            )
         return GemmSearch(score_weight, score_bias, negative_offset, self.negative_shift,
                           self.k, distances=self.encoding == "triangle")
 
@@ -354,6 +365,10 @@ class PatchEncoder:
         elif self.sign_convention == "raw":  # (-x - mean) W . a/|a| = -s + 2 bias
             negative_offset = 2.0 * bias - 2.0 * self.alpha
         as32 = lambda tensor: None if tensor is None else tensor.float()  # noqa: E731
+        if self.device == "cpu" and _kernels.available():
+            return _encodings.FusedCodes(as32(weight), as32(bias - self.alpha),
+                                         as32(negative_offset), self.pooling,
+                                         kind="soft_threshold")
         return _encodings.SoftThreshold(as32(weight), as32(bias - self.alpha),
                                         as32(negative_offset), self.pooling)
 
@@ -367,7 +382,7 @@ class PatchEncoder:
         """Pooled codes ``(b, n_signs, R, Q[, r])`` of a chunk of float images ``(b, H, W, C)``."""
         view = _extract_view(images, self.patch_size, self.stride, ((0, 0), (0, 0)))
         n_images = images.shape[0]
-        if self.encoding == "soft_threshold" and self.search.fused:
+        if isinstance(self.search, _encodings.FusedCodes):
             rows = _rows_with_ones(view, self.patch_dim, self.patch_normalize)
             return self.pooling.finish(self.search.region_sums(torch.from_numpy(rows), n_images))
         patches = np.ascontiguousarray(view, dtype=np.float32).reshape(-1, self.patch_dim)
@@ -427,7 +442,7 @@ class PatchEncoder:
             # no dense (patches x atoms) buffer: faiss works best on large query blocks
             row_bytes = self.n_positions * (self.patch_dim + 3 * self.k) * 4
             working_memory = 64
-        elif self.encoding == "soft_threshold" and self.search.fused:
+        elif isinstance(self.search, _encodings.FusedCodes):
             # no (patches x atoms) buffer beyond one ~1 MB block: the patches dominate
             row_bytes = self.n_positions * self.patch_dim * 4 * 2
             working_memory = 8

@@ -1,7 +1,8 @@
 """The patch encodings behind PatchDictionaryEmbedding (region sums of the codes).
 
-Pure torch functions on one chunk of images, and :class:`SoftThreshold`, the
-soft-threshold encoding (Coates & Ng 2011) fused with its pooling. Every function works image by
+Pure torch functions on one chunk of images, :class:`SoftThreshold` (the
+soft-threshold encoding of Coates & Ng 2011) and :class:`FusedCodes` (GEMM
+blocks encoded and pooled by compiled kernels on the CPU). Every function works image by
 image in the sense that no value depends on another image of the chunk; with
 the fixed-shape GEMM blocks of the search (``utils/_blocks.py``) this makes
 ``transform`` identical whatever the chunk size. torch is
@@ -9,6 +10,7 @@ imported by the caller (this module is only imported by the engine, ``_encoder.p
 the regions themselves are in ``_pooling.py``).
 """
 
+import numpy as np
 import torch
 
 from ..utils._blocks import block_rows_for, blocked_addmm
@@ -19,6 +21,7 @@ __all__ = [
     "encode_triangle",
     "encode_full",
     "SoftThreshold",
+    "FusedCodes",
 ]
 
 
@@ -129,15 +132,13 @@ def encode_full(reduced, mask, n_images, pool):
     return torch.matmul(selected, weighted)
 
 
-# scores of one block of the fused soft-threshold path, both signs together:
-# about 1 MB (243 rows of 1024 atoms for one sign on a 27 x 27 grid, 122 for
-# two), thresholded and pooled while in cache; measured best of 256 KB - 1 MB
-# on a 2-core Xeon (2 MB L2 per core)
-_THRESHOLD_BLOCK_BYTES = 1 << 20
+# scores of one block of the fused CPU path: about 1 MB (256 rows of 1024
+# atoms), encoded and pooled by one kernel call while in cache
+_FUSED_BLOCK_BYTES = 1 << 20
 
 
 class SoftThreshold:
-    """Region sums of Coates & Ng's soft-threshold codes ``max(0, s - alpha)``.
+    """Region sums of Coates & Ng's soft-threshold codes ``max(0, s - alpha)``, chunk by chunk.
 
     ``s = q . a / |a|`` is the projection of the whitened centred patch
     ``q = (x - mean) W`` on each atom scaled to unit length. The centring,
@@ -148,19 +149,11 @@ class SoftThreshold:
     GEMM output (``s' = -s`` for the centred convention, ``-s + 2 b`` with
     ``b = -mean W a / |a|`` for the raw one). No selection.
 
-    On CPU with pooling the work is fused per image: its rows are scored in
-    a few blocks of a fixed number of rows (about 1 MB of scores each, the
-    last block zero-padded and given zero pooling weight), each block is
-    thresholded and summed into the image's cells by a small GEMM with the
-    block's columns of the pooling matrix while it is still in cache (the
-    bias is folded into the scoring GEMM as a last row of the weight, against
-    a last column of ones in the patch rows). Every
-    GEMM has a shape fixed by the model and every image is summed in the
-    same order, so the result does not depend on the chunk size; memory is
-    one block whatever the number of images. Otherwise (a GPU, or no
-    pooling) the chunk is scored by :func:`~skpatch.utils._blocks.blocked_addmm`,
-    thresholded in place and pooled by :meth:`RegionPooling.dense
-    <skpatch.embedding._pooling.RegionPooling.dense>`.
+    This is the GPU path (and the CPU one without numba): the chunk is
+    scored by :func:`~skpatch.utils._blocks.blocked_addmm`, thresholded in
+    place and pooled by :meth:`RegionPooling.dense
+    <skpatch.embedding._pooling.RegionPooling.dense>`. On a CPU,
+    :class:`FusedCodes` does the same block by block in cache.
 
     Parameters
     ----------
@@ -179,43 +172,9 @@ class SoftThreshold:
         self.weight, self.bias = weight.contiguous(), bias.contiguous()
         self.negative_offset = negative_offset
         self.pooling = pooling
-        self.n_atoms = weight.shape[1]
-        self.fused = weight.device.type == "cpu" and not pooling.identity
-        if self.fused:
-            self.weight_and_bias = torch.cat([self.weight, self.bias[None]]).contiguous()
-            self._plan_blocks()
-
-    def _plan_blocks(self):
-        """Rows per block and each block's columns of the pooling matrices (zero-padded)."""
-        n_positions = self.pooling.n_positions
-        target = max(1, min(256, _THRESHOLD_BLOCK_BYTES // (4 * self.n_atoms * self.n_signs)))
-        n_blocks = -(-n_positions // target)
-        self.block_rows = -(-n_positions // n_blocks)
-        self.blocks = []
-        for start in range(0, n_positions, self.block_rows):
-            stop = min(start + self.block_rows, n_positions)
-            matrices = []
-            for matrix in self.pooling.matrices:
-                columns = matrix.new_zeros((matrix.shape[0], self.block_rows))
-                columns[:, : stop - start] = matrix[:, start:stop]
-                matrices.append(columns)
-            self.blocks.append((start, stop, matrices))
-
-    @property
-    def n_signs(self):
-        return 1 if self.negative_offset is None else 2
 
     def region_sums(self, patches, n_images):
-        """Cell sums ``(b, R, Q')`` of each sign's codes, from patch rows ``(b * P, d)``.
-
-        On the fused path the rows carry a last column of ones, ``(b * P, d + 1)``
-        (the bias is the last row of ``weight_and_bias``).
-        """
-        if not self.fused:
-            return self._region_sums_dense(patches, n_images)
-        return self._region_sums_fused(patches, n_images)
-
-    def _region_sums_dense(self, patches, n_images):
+        """Cell sums ``(b, R, Q')`` of each sign's codes, from patch rows ``(b * P, d)``."""
         scores = blocked_addmm(self.bias, patches, self.weight, block_rows_for(patches.device))
         values = [scores]
         if self.negative_offset is not None:
@@ -223,42 +182,101 @@ class SoftThreshold:
         scores.clamp_min_(0.0)
         return [self.pooling.dense(v, n_images) for v in values]
 
-    def _region_sums_fused(self, rows, n_images):
-        pooling = self.pooling
-        n_positions, n_rows = pooling.n_positions, self.block_rows
-        half = self.n_atoms // 2 if pooling.flip_invariant else self.n_atoms
-        # (atom columns, pooling matrix) per part: all atoms, or each half over its positions
-        parts = [(None, 0)]
-        if pooling.flip_invariant:
-            parts = [(slice(0, half), 0), (slice(half, self.n_atoms), 1)]
-        out = [rows.new_empty((n_images, pooling.n_regions, half))
-               for _ in range(self.n_signs)]
+
+class FusedCodes:
+    """Scores, codes and pooling of a chunk, block by block, on the CPU (compiled kernels).
+
+    Each image's patch rows are cut into the same few blocks of a fixed number
+    of rows (about 1 MB of scores; an image's last block zero-padded), each
+    copied into one aligned buffer and scored by one GEMM,
+    ``[x, 1] @ [[weight], [bias]]`` (the bias a last row of the weight, against
+    a last column of ones in the patch rows), and one kernel call of
+    :mod:`skpatch.utils._kernels` turns the block's scores into codes and adds
+    them into the cells of their images while the block is in cache:
+
+    - ``'soft_threshold'``: ``max(0, t)`` and, for the negated patch,
+      ``max(0, negative_offset - t)`` (see :class:`SoftThreshold`);
+    - ``'top_k'``: hard codes, 1 for each of the ``k`` largest scores
+      ``2 q.a - |a|^2`` of each row (and of the negated patch's
+      ``negative_offset - t``), exact, ties at the k-th score taken in atom
+      order.
+
+    No dense ``(patches x atoms)`` code buffer is written; the Python loop is
+    over blocks. A patch position is always at the same row of a block of
+    the same shape, whatever the chunk, and each cell adds its rows in the
+    order of their patch positions, so the output does not depend on the
+    chunk size.
+
+    Parameters
+    ----------
+    weight : torch.Tensor of shape (d, Q)
+    bias : torch.Tensor of shape (Q,)
+    negative_offset : torch.Tensor of shape (Q,) or None
+        None for one sign.
+    pooling : RegionPooling
+    kind : {'soft_threshold', 'top_k'}
+    k : int, default=None
+        For ``'top_k'``.
+    """
+
+    needs_whitened = False
+
+    def __init__(self, weight, bias, negative_offset, pooling, *, kind, k=None):
+        from statistics import NormalDist
+
+        from ..utils import _kernels
+
+        self.weight_and_bias = torch.cat([weight, bias[None]]).contiguous()
+        self.n_atoms = weight.shape[1]
+        self.n_signs = 1 if negative_offset is None else 2
+        self.negative_offset = (np.zeros(self.n_atoms, dtype=np.float32)
+                                if negative_offset is None
+                                else np.ascontiguousarray(negative_offset.numpy()))
+        self.pooling, self.kind, self.k = pooling, kind, k
+        # the start of the top-k search: the normal quantile of 1 - k / Q
+        self.quantile = 0.0
+        if kind == "top_k" and 0 < k < self.n_atoms:
+            self.quantile = NormalDist().inv_cdf(1.0 - k / self.n_atoms)
+        self.ptr, self.cells = _kernels.pooling_csr(
+            [positions.numpy() for positions in pooling.positions], pooling.cells.numpy(),
+            pooling.n_positions,
+        )
+        # blocks of each image's rows, the same for every image: a row always sits at the
+        # same place of a block of the same shape (MKL's AVX2 kernels round a row
+        # differently at another place in a block of some shapes)
+        target = max(1, min(256, _FUSED_BLOCK_BYTES // (4 * self.n_atoms)))
+        n_positions = pooling.n_positions
+        self.block_rows = -(-n_positions // -(-n_positions // target))
+
+    def region_sums(self, rows, n_images):
+        """Cell sums ``(b, R, Q')`` of each sign's codes, from rows ``(b * P, d + 1)`` ending in 1."""
+        from ..utils import _kernels
+
+        pooling, n_rows = self.pooling, self.block_rows
+        n_parts = self.ptr.shape[0]
+        out = np.zeros((n_images, self.n_signs, pooling.n_regions, self.n_atoms // n_parts),
+                       dtype=np.float32)
         scores = rows.new_empty((n_rows, self.n_atoms))
-        negative = rows.new_empty((n_rows, self.n_atoms)) if self.n_signs == 2 else None
-        # the short last block of an image, copied into a full one (stale rows weighted 0)
-        padded = rows.new_ones((n_rows, rows.shape[1]))
-        # one accumulator per sign and part: the same operands on every image
-        sums = [[rows.new_empty((pooling.n_regions, half)) for _ in parts]
-                for _ in range(self.n_signs)]
-        sizes = [stop - start for start, stop, _ in self.blocks]
-        for image, rows_of_image in enumerate(rows.view(n_images, n_positions, -1)):
-            for per_sign in sums:
-                for total in per_sign:
-                    total.zero_()
-            for (start, stop, matrices), block in zip(self.blocks, rows_of_image.split(sizes)):
-                if stop - start < n_rows:
-                    padded[: stop - start] = block
-                    block = padded
-                torch.mm(block, self.weight_and_bias, out=scores)  # s - alpha
-                values = [scores]
-                if negative is not None:
-                    torch.sub(self.negative_offset, scores, out=negative).clamp_min_(0.0)
-                    values.append(negative)
-                scores.clamp_min_(0.0)
-                for block_values, per_sign in zip(values, sums):
-                    for (atoms, which), total in zip(parts, per_sign):
-                        part = block_values if atoms is None else block_values[:, atoms]
-                        total.addmm_(matrices[which], part)
-            for per_sign, pooled in zip(sums, out):
-                pooled[image] = per_sign[0] if len(per_sign) == 1 else per_sign[0] + per_sign[1]
-        return out
+        scores_np = scores.numpy()
+        work = np.empty(self.n_atoms, dtype=np.float32)
+        # every GEMM reads the same aligned buffer: MKL's AVX2 kernels round a row
+        # differently when its block starts at another alignment
+        block = rows.new_zeros((n_rows, rows.shape[1]))
+        n_positions = pooling.n_positions
+        starts = [(start, min(start + n_rows, n_positions))
+                  for start in range(0, n_positions, n_rows)]
+        for first in range(0, n_images * n_positions, n_positions):
+            for start, stop in starts:
+                n_valid = stop - start
+                block[:n_valid] = rows[first + start : first + stop]
+                if n_valid < n_rows:  # every GEMM has the same shape (see utils._blocks)
+                    block[n_valid:] = 0.0
+                torch.mm(block, self.weight_and_bias, out=scores)
+                if self.kind == "soft_threshold":
+                    _kernels.pool_soft_threshold(scores_np, n_valid, first + start, n_positions,
+                                                 self.ptr, self.cells, self.negative_offset, out)
+                else:
+                    _kernels.pool_top_k(scores_np, n_valid, first + start, n_positions, self.k,
+                                        self.quantile, self.ptr, self.cells,
+                                        self.negative_offset, out, work)
+        return [torch.from_numpy(out[:, sign]) for sign in range(self.n_signs)]
