@@ -200,8 +200,9 @@ class PatchDictionaryEmbedding(TransformerMixin, BaseEstimator):
         and the dictionary; all patches when the images have fewer.
     knn_backend : {'auto', 'faiss', 'gemm'}, default='auto'
         ``'faiss'``: faiss ``IndexFlatL2.search``; ``'gemm'``: one torch GEMM
-        and a per-row selection (:func:`numpy.partition` on CPU,
-        ``torch.topk`` on CUDA; an argmax for ``k = 1``). ``'auto'`` uses
+        and a per-row selection (an argmax for ``k = 1``; on CPU, a compiled
+        exact top-k kernel for ``'hard'`` codes, :func:`numpy.partition`
+        for the others; ``torch.topk`` on CUDA). ``'auto'`` uses
         faiss for ``2 <= k <= 4`` on CPU and the GEMM path otherwise (much
         faster at large k, where faiss's heap selection dominates). Same
         neighbour sets up to ties.
