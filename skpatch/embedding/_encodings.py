@@ -259,8 +259,8 @@ class FusedCodes:
         scores = rows.new_empty((n_rows, self.n_atoms))
         scores_np = scores.numpy()
         work = np.empty(self.n_atoms, dtype=np.float32)
-        # every GEMM reads the same aligned buffer: MKL's AVX2 kernels round a row
-        # differently when its block starts at another alignment
+        # every GEMM reads one aligned buffer: the same operand addresses for every
+        # block (MKL may take another code path at another alignment)
         block = rows.new_zeros((n_rows, rows.shape[1]))
         n_positions = pooling.n_positions
         starts = [(start, min(start + n_rows, n_positions))
