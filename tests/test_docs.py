@@ -45,3 +45,18 @@ def test_readme_data_contract_example_runs(capsys):
     assert len(search.cv_results_["params"]) == 3
     assert search.best_score_ > 0.8
     assert str(search.best_params_) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("page", ["getting_started.rst"])
+def test_getting_started_doctests_pass(page, tmp_path, monkeypatch):
+    # the first page a new user runs: install, a pipeline, a grid search, save and load
+    monkeypatch.chdir(tmp_path)  # the page saves a model file in the working folder
+    result = doctest.testfile(
+        str(ROOT / "docs" / page),
+        module_relative=False,
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        raise_on_error=False,
+        verbose=False,
+    )
+    assert result.attempted > 0
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {page} failed"
