@@ -141,7 +141,8 @@ def run_overhead(X, y, cfg):
     # overlap (m int32), ranks (q * n int32) per layer
     kinds = ("self_similarity_", "cross_similarity_", "overlap_", "neighbour_ranks_")
     result_bytes = sum(
-        rows[-1].nbytes for kind in kinds for rows in getattr(monitor, kind).values()
+        rows.itemsize * int(np.prod(rows.shape[1:]))
+        for kind in kinds for rows in getattr(monitor, kind).values()
     )
     return dict(
         n_images=len(idx), epochs=cfg["overhead_epochs"], n_probe=n_probe, n_layers=n_layers,
