@@ -7,9 +7,11 @@ times ``transform`` of random 32x32x3 uint8 images under a 1024-atom data
 dictionary of 6x6 patches, one torch thread, with the blocks ('blocked') and
 with one plain ``torch.addmm`` per chunk in their place ('plain'), the two
 interleaved and the best of ``--repeats`` kept. The RESULT line gives the
-ratios blocked / plain (1.0 = free). ``hard`` with ``k = 1`` is a control:
-its nearest-atom search pads its own fixed blocks, so both sides run the same
-code and its ratio shows the machine's noise. Run ``python benchmarks/bench_fixed_blocks.py``
+ratios blocked / plain (1.0 = free). The two ``hard`` rows are controls:
+their paths (the k = 1 nearest-atom search, and on a CPU with numba the
+compiled top-k kernel) pad their own fixed blocks and never call the GEMM
+helper swapped here, so both sides run the same code and their ratios show
+the machine's noise; ``triangle`` (GEMM search and whitening) is the measure. Run ``python benchmarks/bench_fixed_blocks.py``
 or ``--quick``.
 """
 
