@@ -668,7 +668,7 @@ def test_embedding_index_on_the_workers_gpu():
     from skpatch.utils import _faiss
 
     if not _faiss._faiss_has_gpu(_faiss.import_faiss()):
-        pytest.skip("faiss has no GPU support here (faiss-cpu): pip install faiss-gpu")
+        pytest.skip("faiss has no GPU support here (faiss-cpu): pip uninstall -y faiss-cpu && pip install faiss-gpu")
     X, _ = _images(n=24)
     with gpu_cluster(dashboard_address=None) as cluster:
         with distributed.Client(cluster, set_as_default=False) as gpu_client:
@@ -689,7 +689,7 @@ def test_index_over_all_gpus_equals_the_cpu_index():
 
     faiss = _faiss.import_faiss()
     if not _faiss._faiss_has_gpu(faiss):
-        pytest.skip("faiss has no GPU support here (faiss-cpu): pip install faiss-gpu")
+        pytest.skip("faiss has no GPU support here (faiss-cpu): pip uninstall -y faiss-cpu && pip install faiss-gpu")
     rng = np.random.default_rng(0)
     atoms = rng.standard_normal((4096, 108)).astype(np.float32)
     queries = rng.standard_normal((5000, 108)).astype(np.float32)
@@ -710,7 +710,7 @@ def test_embedding_with_its_index_over_all_gpus_encodes_as_on_the_cpu():
     from skpatch.utils import _faiss
 
     if not _faiss._faiss_has_gpu(_faiss.import_faiss()):
-        pytest.skip("faiss has no GPU support here (faiss-cpu): pip install faiss-gpu")
+        pytest.skip("faiss has no GPU support here (faiss-cpu): pip uninstall -y faiss-cpu && pip install faiss-gpu")
     X, _ = _images(n=24)
     params = dict(TINY_EMBEDDING, knn_backend="faiss")
     sharded = PatchDictionaryEmbedding(**params, device="cuda", index_gpus="all").fit(X)

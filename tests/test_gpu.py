@@ -266,7 +266,7 @@ def test_gpu_faiss_search_equals_the_cpu_index():
     helpers = _faiss_helpers()
     faiss = helpers.import_faiss()
     if not (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0):
-        pytest.skip("faiss has no GPU support here (faiss-cpu): pip install faiss-gpu")
+        pytest.skip("faiss has no GPU support here (faiss-cpu): pip uninstall -y faiss-cpu && pip install faiss-gpu")
     rng = np.random.default_rng(0)
     atoms = rng.standard_normal((256, 27)).astype(np.float32)
     queries = rng.standard_normal((4000, 27)).astype(np.float32)
