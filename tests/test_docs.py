@@ -21,17 +21,23 @@ def test_the_guide_has_doctests():
     assert {"data_contract.rst", "extraction.rst", "bounds.rst"} <= set(DOCTEST_PAGES)
 
 
-@pytest.mark.parametrize("page", DOCTEST_PAGES)
-def test_user_guide_doctests_pass(page):
+def _assert_doctests_pass(path):
     result = doctest.testfile(
-        str(GUIDE / page),
+        str(path),
         module_relative=False,
         optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
         raise_on_error=False,
         verbose=False,
     )
     assert result.attempted > 0
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {page} failed"
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} examples in {path.name} failed"
+    )
+
+
+@pytest.mark.parametrize("page", DOCTEST_PAGES)
+def test_user_guide_doctests_pass(page):
+    _assert_doctests_pass(GUIDE / page)
 
 
 def test_readme_data_contract_example_runs(capsys):
@@ -51,12 +57,4 @@ def test_readme_data_contract_example_runs(capsys):
 def test_getting_started_doctests_pass(page, tmp_path, monkeypatch):
     # the first page a new user runs: install, a pipeline, a grid search, save and load
     monkeypatch.chdir(tmp_path)  # the page saves a model file in the working folder
-    result = doctest.testfile(
-        str(ROOT / "docs" / page),
-        module_relative=False,
-        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-        raise_on_error=False,
-        verbose=False,
-    )
-    assert result.attempted > 0
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {page} failed"
+    _assert_doctests_pass(ROOT / "docs" / page)
