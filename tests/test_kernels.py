@@ -116,6 +116,30 @@ def _images(n=10, size=9, seed=0):
     return (base[:, 1:, 1:] + base[:, :-1, :-1] + 0.3 * base[:, 1:, :-1]) / 2.3
 
 
+def _near_ties(emb, X, rel=1e-5):
+    """Patches (per sign) whose k-th and (k+1)-th scores lie within ``rel`` of the largest (float64).
+
+    The two paths score in GEMMs of other shapes, whose float32 sums of 27
+    terms differ by about 27 * 2**-24 ~ 1.6e-6 relative: only these patches may
+    pick other neighbours on another CPU.
+    """
+    windows = np.lib.stride_tricks.sliding_window_view(X, (3, 3), axis=(1, 2))
+    rows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 27).astype(np.float64)
+    mean, whitening = emb.mean_.astype(np.float64), emb.whitening_.astype(np.float64)
+    atoms = emb.atoms_.astype(np.float64)
+    whitened = [(rows - mean) @ whitening]
+    if emb.both_signs == "raw":
+        whitened.append((-rows - mean) @ whitening)
+    elif emb.both_signs:
+        whitened.append(-whitened[0])
+    k, n_ties = emb.n_neighbors, 0
+    for q in whitened:
+        scores = np.sort(2 * q @ atoms.T - (atoms**2).sum(axis=1), axis=1)[:, ::-1]
+        gaps = scores[:, k - 1] - scores[:, k]
+        n_ties += int((gaps <= rel * np.abs(scores).max()).sum())
+    return n_ties
+
+
 @pytest.mark.parametrize("settings", [
     dict(n_neighbors=5, pooling=2), dict(n_neighbors=12, both_signs=True, pooling=(3, 2)),
     dict(n_neighbors=7, both_signs="raw", pooling=None),
@@ -129,8 +153,16 @@ def test_hard_codes_through_the_kernels_equal_the_mask_path(settings, monkeypatc
     monkeypatch.setattr(_kernels, "available", lambda: False)
     masked = PatchDictionaryEmbedding(**params).fit(X)
     assert isinstance(masked._get_encoder().search, GemmSearch)
-    # no near tie in these data: the same neighbour sets, the same counts, the same bits
-    assert_array_equal(fused.transform(X), masked.transform(X))
+    got, expected = fused.transform(X), masked.transform(X)
+    n_ties = _near_ties(fused, X)
+    if n_ties == 0:  # the same neighbour sets on any CPU: the same counts, the same bits
+        assert_array_equal(got, expected)
+    else:
+        # a patch that swaps one neighbour moves one count between two slots of
+        # each cell it is pooled into (weight at most 1 per cell mean): L1 <= 2 per tie
+        assert np.abs(got - expected).sum() <= 2 * n_ties
+        # and on this CPU, as found when written, no tie flips
+        assert np.mean(got == expected) > 0.99
 
 
 def test_hard_codes_through_the_kernels_identical_whatever_the_chunk_size(monkeypatch):
