@@ -10,6 +10,7 @@ from skpatch import PatchDictionaryEmbedding
 import skpatch.embedding._encoder as encoder_module
 import skpatch.embedding._embedding as embedding_module
 from skpatch.utils import _faiss
+from _helpers import near_ties
 
 
 def _images(n=12, size=7, channels=3, seed=0):
@@ -288,9 +289,15 @@ def test_overlapping_transforms_restore_the_callers_threads():
 def test_backends_agree():
     X = _images(n=8, size=7)
     params = dict(patch_size=3, n_atoms=32, n_neighbors=8, random_state=0)
-    a = PatchDictionaryEmbedding(knn_backend="faiss", **params).fit(X).transform(X)
+    fitted = PatchDictionaryEmbedding(knn_backend="faiss", **params).fit(X)
+    a = fitted.transform(X)
     b = PatchDictionaryEmbedding(knn_backend="gemm", **params).fit(X).transform(X)
-    assert_array_equal(a, b)
+    n_ties = near_ties(fitted, X)
+    if n_ties == 0:  # the same neighbour sets on any CPU: the same bits
+        assert_array_equal(a, b)
+    else:  # a swapped neighbour moves one count between two slots: L1 <= 2 per tie
+        assert np.abs(a - b).sum() <= 2 * n_ties
+        assert np.mean(a == b) > 0.99
 
 
 @pytest.mark.parametrize("dictionary", ["kmeans", "data", "gaussian"])

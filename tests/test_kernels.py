@@ -19,6 +19,8 @@ from skpatch.embedding import _encodings  # noqa: E402
 from skpatch.embedding._encoder import GemmSearch  # noqa: E402
 from skpatch.utils import _kernels, _numba_kernels  # noqa: E402
 
+from _helpers import near_ties  # noqa: E402
+
 
 def _top_k_reference(row, k):
     """The k largest of a row, ties in atom order: a stable sort."""
@@ -116,30 +118,6 @@ def _images(n=10, size=9, seed=0):
     return (base[:, 1:, 1:] + base[:, :-1, :-1] + 0.3 * base[:, 1:, :-1]) / 2.3
 
 
-def _near_ties(emb, X, rel=1e-5):
-    """Patches (per sign) whose k-th and (k+1)-th scores lie within ``rel`` of the largest (float64).
-
-    The two paths score in GEMMs of other shapes, whose float32 sums of 27
-    terms differ by about 27 * 2**-24 ~ 1.6e-6 relative: only these patches may
-    pick other neighbours on another CPU.
-    """
-    windows = np.lib.stride_tricks.sliding_window_view(X, (3, 3), axis=(1, 2))
-    rows = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 27).astype(np.float64)
-    mean, whitening = emb.mean_.astype(np.float64), emb.whitening_.astype(np.float64)
-    atoms = emb.atoms_.astype(np.float64)
-    whitened = [(rows - mean) @ whitening]
-    if emb.both_signs == "raw":
-        whitened.append((-rows - mean) @ whitening)
-    elif emb.both_signs:
-        whitened.append(-whitened[0])
-    k, n_ties = emb.n_neighbors, 0
-    for q in whitened:
-        scores = np.sort(2 * q @ atoms.T - (atoms**2).sum(axis=1), axis=1)[:, ::-1]
-        gaps = scores[:, k - 1] - scores[:, k]
-        n_ties += int((gaps <= rel * np.abs(scores).max()).sum())
-    return n_ties
-
-
 @pytest.mark.parametrize("settings", [
     dict(n_neighbors=5, pooling=2), dict(n_neighbors=12, both_signs=True, pooling=(3, 2)),
     dict(n_neighbors=7, both_signs="raw", pooling=None),
@@ -154,7 +132,7 @@ def test_hard_codes_through_the_kernels_equal_the_mask_path(settings, monkeypatc
     masked = PatchDictionaryEmbedding(**params).fit(X)
     assert isinstance(masked._get_encoder().search, GemmSearch)
     got, expected = fused.transform(X), masked.transform(X)
-    n_ties = _near_ties(fused, X)
+    n_ties = near_ties(fused, X)
     if n_ties == 0:  # the same neighbour sets on any CPU: the same counts, the same bits
         assert_array_equal(got, expected)
     else:
