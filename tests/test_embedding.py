@@ -122,6 +122,8 @@ def test_hard_codes_are_the_brute_force_neighbours(backend, dictionary, n_neighb
         both_signs=True, knn_backend=backend, random_state=0,
     ).fit(X)
     codes = _per_position(emb, X)  # pooling 4 on a 4x4 grid: one position per region
+    # patches whose k-th and (k+1)-th atoms tie to float32 rounding may pick either
+    n_ties = near_ties(emb, X)
     for s, sign in enumerate([1.0, -1.0]):
         got = codes[:, s].reshape(-1, 20)
         assert set(np.unique(got)) == {0.0, 1.0}
@@ -129,7 +131,10 @@ def test_hard_codes_are_the_brute_force_neighbours(backend, dictionary, n_neighb
         _, _, nearest = _brute_neighbours(emb, X, sign)
         expected = np.zeros_like(got)
         np.put_along_axis(expected, nearest, 1.0, axis=1)
-        assert_array_equal(got, expected)
+        if n_ties == 0:
+            assert_array_equal(got, expected)
+        else:
+            assert (got != expected).any(axis=1).sum() <= n_ties
 
 
 def test_data_dictionary_atoms_are_whitened_patches():
