@@ -1,18 +1,29 @@
 """CIFAR-10 (JPEG copy) accuracy of PatchDictionaryEmbedding + a linear head.
 
-``Pipeline([PatchDictionaryEmbedding(...), StandardScaler(),
-LogisticRegression(...)])`` fitted on the 50,000 training images of the JPEG
-copy of CIFAR-10 (``../shared/data/cifar-10-jpeg.tar.gz``) and scored on its
-10,000 test images. Every stage is timed (loading, fitting the embedding,
+``Pipeline([PatchDictionaryEmbedding(...), StandardScaler(), <head>])``
+fitted on the 50,000 training images of the JPEG copy of CIFAR-10
+(``../shared/data/cifar-10-jpeg.tar.gz``) and scored on its 10,000 test
+images, with ``<head>`` a plain scikit-learn linear classifier
+(LogisticRegression, RidgeClassifier, LinearSVC or SGDClassifier), float32
+features end to end. Every stage is timed (loading, fitting the embedding,
 encoding, the classifier, prediction); each configuration runs in its own
 subprocess so that its peak resident memory is its own.
 
 Usage::
 
     python benchmarks/bench_embedding_cifar10.py              # best configuration
-    python benchmarks/bench_embedding_cifar10.py --variants   # encoding x dictionary table
     python benchmarks/bench_embedding_cifar10.py --quick      # ~1 minute smoke run
-    python benchmarks/bench_embedding_cifar10.py --set '{"C": 0.001, "embedding": {"pooling": 4}}'
+    python benchmarks/bench_embedding_cifar10.py --set '{"C": 0.001, "embedding": {"pooling": 3}}'
+    python benchmarks/bench_embedding_cifar10.py --search '[{}, {"embedding": {"alpha": 0.5}}]' \\
+        --heads '[["logistic", 0.001], ["ridge", 1000]]' --n-train 10000 --n-test 2000
+
+Smaller runs (``--n-train``, ``--n-test``, ``--quick``) take a stratified,
+seeded subset of each set: the same number of images of every class (the
+files are sorted by class, so the first images of a set are not a proxy).
+``--search`` runs each JSON override of the best configuration (a list) and
+scores each fitted embedding with every head of ``--heads`` (pairs of a head
+name and its regularization: ``C`` for logistic / linearsvc, ``alpha`` for
+ridge / sgd), one table row per pair.
 
 The last line is ``RESULT accuracy=<x> seconds=<x> peak_gb=<x>`` for the
 best configuration (or the first row of the table).
@@ -34,22 +45,58 @@ BEST = dict(
     embedding=dict(patch_size=6, n_atoms=1536, n_neighbors=384, encoding="hard",
                    both_signs=True, pooling=3, dictionary="kmeans",
                    flip_invariant=True, power=0.5, n_patches_fit=262144),
-    C=0.002,
+    head="logistic", C=0.002,
 )
 
-# the slides' table: Phi_hard / Phi_full with data (k-means) and Gaussian atoms
-VARIANTS = [
-    ("hard", "kmeans"), ("hard", "data"), ("hard", "gaussian"),
-    ("full", "kmeans"), ("full", "gaussian"), ("triangle", "kmeans"),
-]
+HEADS = ("logistic", "ridge", "linearsvc", "sgd")
 
 
-def run_one(config, n_train, n_test, threads, data):
-    """Fit and score one configuration in this process; return a result dict."""
+def stratified_subset(y, n, seed):
+    """Indices of ``n`` images, ``n // n_classes`` of each class, seeded, sorted."""
+    import numpy as np
+
+    classes = np.unique(y)
+    per_class, extra = divmod(n, len(classes))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for i, c in enumerate(classes):
+        members = np.flatnonzero(y == c)
+        take = per_class + (i < extra)
+        if take > len(members):
+            raise ValueError(f"n={n}: class {c} has only {len(members)} images")
+        keep.append(rng.choice(members, take, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def make_head(name, reg, max_iter=300):
+    """A scikit-learn linear classifier; ``reg`` is C or alpha (see the docstring)."""
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier
+    from sklearn.svm import LinearSVC
+
+    if name == "logistic":
+        return LogisticRegression(C=reg, max_iter=max_iter)
+    if name == "ridge":  # X is centred by the scaler already: centre it in place, no copy
+        return RidgeClassifier(alpha=reg, copy_X=False)
+    if name == "linearsvc":
+        return LinearSVC(C=reg, max_iter=max_iter, dual=True)
+    if name == "sgd":
+        return SGDClassifier(loss="hinge", alpha=reg, max_iter=max_iter, tol=1e-4,
+                             random_state=0, n_jobs=-1)
+    raise ValueError(f"head={name!r}: expected one of {HEADS}")
+
+
+def _blocks(n, size=2048):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _peak_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def run_one(config, heads, n_train, n_test, threads, data):
+    """Fit the embedding once, score each head; return a list of result dicts."""
     import numpy as np
     import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
@@ -61,99 +108,138 @@ def run_one(config, n_train, n_test, threads, data):
     start = time.perf_counter()
     X_train, y_train = load_cifar10(data, subset="train", return_X_y=True)
     X_test, y_test = load_cifar10(data, subset="test", return_X_y=True)
-    if n_train < len(X_train):  # seeded stratified-enough subset for quick runs
-        keep = np.random.default_rng(0).permutation(len(X_train))[:n_train]
+    if n_train < len(X_train):
+        keep = stratified_subset(y_train, n_train, seed=0)
         X_train, y_train = X_train[keep], y_train[keep]
-    X_test, y_test = X_test[:n_test], y_test[:n_test]
+    if n_test < len(X_test):
+        keep = stratified_subset(y_test, n_test, seed=1)
+        X_test, y_test = X_test[keep], y_test[keep]
     loaded = time.perf_counter()
-    model = Pipeline([
-        ("embed", PatchDictionaryEmbedding(random_state=0, **config["embedding"])),
-        ("scale", StandardScaler(copy=False)),
-        ("clf", LogisticRegression(C=config["C"], max_iter=config.get("max_iter", 300))),
-    ])
-    model.fit(X_train, y_train)
-    fitted = time.perf_counter()
-    accuracy = float(model.score(X_test, y_test))
-    done = time.perf_counter()
-    return dict(
-        accuracy=accuracy, seconds=done - start, load_s=loaded - start,
-        fit_s=fitted - loaded, predict_s=done - fitted,
-        n_features=int(model["embed"].n_features_out_),
-        peak_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-    )
+    embed = PatchDictionaryEmbedding(random_state=0, **config["embedding"])
+    F_train = embed.fit_transform(X_train)
+    del X_train
+    F_test = embed.transform(X_test)
+    del X_test
+    # StandardScaler, fitted and applied in row blocks: its float64 statistics of the
+    # whole matrix at once would hold two float64 copies of it (the same result)
+    scaler = StandardScaler(copy=False)
+    for F in (F_train,):
+        for rows in _blocks(len(F)):
+            scaler.partial_fit(F[rows])
+    for F in (F_train, F_test):
+        for rows in _blocks(len(F)):
+            F[rows] = scaler.transform(F[rows])
+    embedded = time.perf_counter()
+    results = []
+    for name, reg in heads:
+        t0 = time.perf_counter()
+        head = make_head(name, reg, config.get("max_iter", 300)).fit(F_train, y_train)
+        t1 = time.perf_counter()
+        accuracy = float(np.mean(head.predict(F_test) == y_test))
+        t2 = time.perf_counter()
+        results.append(dict(
+            head=name, reg=reg, accuracy=accuracy,
+            # the whole pipeline of this head: loading, embedding, this head
+            seconds=(embedded - start) + (t2 - t0), load_s=loaded - start,
+            embed_s=embedded - loaded, head_s=t1 - t0, predict_s=t2 - t1,
+            n_features=int(embed.n_features_out_), dtype=str(F_train.dtype),
+        ))
+    for r in results:  # the process's peak covers every head tried
+        r["peak_gb"] = _peak_gb()
+    return results
 
 
-def run_child(config, args):
-    """Run one configuration in a fresh interpreter; return its result dict."""
+def run_child(config, heads, args):
+    """Run one configuration in a fresh interpreter; return its result dicts."""
     cmd = [sys.executable, __file__, "--child", json.dumps(config),
+           "--heads", json.dumps(heads),
            "--n-train", str(args.n_train), "--n-test", str(args.n_test),
            "--threads", str(args.threads), "--data", args.data]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"configuration {config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = proc.stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _row(name, config, result):
+def _merge(base, overrides):
+    config = json.loads(json.dumps(base))
+    overrides = dict(overrides)
+    config["embedding"].update(overrides.pop("embedding", {}))
+    config.update(overrides)
+    return config
+
+
+HEADER = (f"{'encoding':<14} {'dict':<6} {'atoms':>5} {'k':>4} {'alpha':>5} "
+          f"{'both':>5} {'pool':>6} {'flip':>5} {'power':>5} {'pnorm':>5} "
+          f"{'wreg':>6} {'head':>9} {'reg':>7} {'dim':>6} {'accuracy':>8} "
+          f"{'total s':>7} {'emb s':>6} {'head s':>6} {'peak GB':>7}")
+
+
+def _row(config, r):
     emb = config["embedding"]
-    return (f"{name:<24} {emb['n_atoms']:>5} {emb['n_neighbors']:>5} "
-            f"{str(emb.get('both_signs', False)):>5} {emb.get('pooling', 2):>4} "
+    soft = emb.get("encoding", "hard") == "soft_threshold"
+    pool = emb.get("pooling", 2)
+    pool = "x".join(map(str, pool)) if isinstance(pool, (list, tuple)) else str(pool)
+    return (f"{emb.get('encoding', 'hard'):<14} {emb.get('dictionary', 'kmeans'):<6} "
+            f"{emb['n_atoms']:>5} {'-' if soft else emb['n_neighbors']:>4} "
+            f"{emb.get('alpha', 0.25) if soft else '-':>5} "
+            f"{str(emb.get('both_signs', False)):>5} {pool:>6} "
             f"{str(emb.get('flip_invariant', False)):>5} {emb.get('power', 1.0):>5} "
-            f"{config['C']:>6} {result['n_features']:>6} {result['accuracy']:>8.2%} "
-            f"{result['seconds']:>8.0f} {result['fit_s']:>7.0f} {result['peak_gb']:>7.2f}")
+            f"{str(emb.get('patch_normalize', False)):>5} {emb.get('whiten_reg', 1e-3):>6} "
+            f"{r['head']:>9} {r['reg']:>7} {r['n_features']:>6} {r['accuracy']:>8.2%} "
+            f"{r['seconds']:>7.0f} {r['embed_s']:>6.0f} {r['head_s']:>6.0f} {r['peak_gb']:>7.2f}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="2,000 train / 1,000 test images, 256 atoms")
-    parser.add_argument("--variants", action="store_true",
-                        help="the encoding x dictionary table instead of the best run")
+                        help="2,000 train / 1,000 test images (stratified), 256 atoms")
     parser.add_argument("--n-train", type=int, default=50000)
     parser.add_argument("--n-test", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=2,
                         help="torch/BLAS threads (default 2: the whole 2-core machine)")
     parser.add_argument("--set", default="{}",
                         help='JSON overrides of the best configuration, e.g. '
-                             '\'{"C": 0.001, "embedding": {"pooling": 4}}\'')
+                             '\'{"C": 0.001, "embedding": {"pooling": 3}}\'')
+    parser.add_argument("--search", default=None,
+                        help="a JSON list of overrides (as --set), one table block each")
+    parser.add_argument("--heads", default=None,
+                        help='JSON list of [head, reg] pairs scored on each embedding, e.g. '
+                             '\'[["logistic", 0.002], ["ridge", 1000]]\' (default: the '
+                             "configuration's own head and C)")
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
-        result = run_one(json.loads(args.child), args.n_train, args.n_test,
-                         args.threads, args.data)
-        print(json.dumps(result))
+        results = run_one(json.loads(args.child), json.loads(args.heads),
+                          args.n_train, args.n_test, args.threads, args.data)
+        print(json.dumps(results))
         return
 
-    best = json.loads(json.dumps(BEST))
-    overrides = json.loads(args.set)
-    best["embedding"].update(overrides.pop("embedding", {}))
-    best.update(overrides)
+    best = _merge(BEST, json.loads(args.set))
     if args.quick:
         args.n_train, args.n_test = min(args.n_train, 2000), min(args.n_test, 1000)
         best["embedding"].update(n_atoms=256, n_neighbors=64, n_patches_fit=65536)
-    configs = [("best", best)]
-    if args.variants:
-        configs = []
-        for encoding, dictionary in VARIANTS:
-            config = json.loads(json.dumps(best))
-            config["embedding"].update(encoding=encoding, dictionary=dictionary,
-                                       both_signs=False)
-            if encoding == "full":
-                config["embedding"].update(n_full_components=4)
-            if encoding == "triangle":
-                config["embedding"].update(n_neighbors=config["embedding"]["n_atoms"])
-            configs.append((f"{encoding} / {dictionary}", config))
+    configs = [best]
+    if args.search:
+        configs = [_merge(best, o) for o in json.loads(args.search)]
 
-    print(f"CIFAR-10 (JPEG copy): {args.n_train} train / {args.n_test} test images, "
-          f"{args.threads} thread(s), {os.cpu_count()} CPUs\n")
-    print(f"{'encoding / dictionary':<24} {'atoms':>5} {'k':>5} {'both':>5} {'pool':>4} "
-          f"{'flip':>5} {'power':>5} {'C':>6} {'dim':>6} {'accuracy':>8} {'total s':>8} {'fit s':>7} {'peak GB':>7}")
-    results = []
-    for name, config in configs:
-        result = run_child(config, args)
-        results.append(result)
-        print(_row(name, config, result), flush=True)
-    first = results[0]
+    print(f"CIFAR-10 (JPEG copy): {args.n_train} train / {args.n_test} test images "
+          f"(stratified when fewer than all), {args.threads} thread(s), "
+          f"{os.cpu_count()} CPUs\n")
+    print(HEADER, flush=True)
+    first = None
+    for config in configs:
+        heads = json.loads(args.heads) if args.heads else [[config["head"], config["C"]]]
+        for name, _ in heads:
+            if name not in HEADS:
+                parser.error(f"--heads: unknown head {name!r}; expected one of {HEADS}")
+        results = run_child(config, heads, args)
+        first = first or results[0]
+        for r in results:
+            print(_row(config, r), flush=True)
     print(f"\nRESULT accuracy={first['accuracy']:.4f} seconds={first['seconds']:.1f} "
           f"peak_gb={first['peak_gb']:.2f}")
 
