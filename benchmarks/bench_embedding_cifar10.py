@@ -115,37 +115,46 @@ def run_one(config, heads, n_train, n_test, threads, data):
         keep = stratified_subset(y_test, n_test, seed=1)
         X_test, y_test = X_test[keep], y_test[keep]
     loaded = time.perf_counter()
+    # as Pipeline.fit then .predict: the training features, the heads fitted, then the
+    # test features (never both feature matrices and a head's working copies at once)
     embed = PatchDictionaryEmbedding(random_state=0, **config["embedding"])
-    F_train = embed.fit_transform(X_train)
+    F = embed.fit_transform(X_train)
     del X_train
-    F_test = embed.transform(X_test)
-    del X_test
     # StandardScaler, fitted and applied in row blocks: its float64 statistics of the
     # whole matrix at once would hold two float64 copies of it (the same result)
     scaler = StandardScaler(copy=False)
-    for F in (F_train,):
-        for rows in _blocks(len(F)):
-            scaler.partial_fit(F[rows])
-    for F in (F_train, F_test):
-        for rows in _blocks(len(F)):
-            F[rows] = scaler.transform(F[rows])
+    for rows in _blocks(len(F)):
+        scaler.partial_fit(F[rows])
+    for rows in _blocks(len(F)):
+        F[rows] = scaler.transform(F[rows])
     embedded = time.perf_counter()
-    results = []
+    embed_peak = _peak_gb()
+    fitted = []
     for name, reg in heads:
         t0 = time.perf_counter()
-        head = make_head(name, reg, config.get("max_iter", 300)).fit(F_train, y_train)
-        t1 = time.perf_counter()
-        accuracy = float(np.mean(head.predict(F_test) == y_test))
-        t2 = time.perf_counter()
+        fitted.append(make_head(name, reg, config.get("max_iter", 300)).fit(F, y_train))
+        # the process's peak so far: the embedding and the heads fitted up to this one
+        fitted[-1].fit_s_, fitted[-1].peak_gb_ = time.perf_counter() - t0, _peak_gb()
+    del F
+    t0 = time.perf_counter()
+    F = embed.transform(X_test)
+    for rows in _blocks(len(F)):
+        F[rows] = scaler.transform(F[rows])
+    encoded_test = time.perf_counter() - t0
+    results = []
+    for (name, reg), head in zip(heads, fitted):
+        t0 = time.perf_counter()
+        accuracy = float(np.mean(head.predict(F) == y_test))
+        predict_s = encoded_test + time.perf_counter() - t0
         results.append(dict(
             head=name, reg=reg, accuracy=accuracy,
-            # the whole pipeline of this head: loading, embedding, this head
-            seconds=(embedded - start) + (t2 - t0), load_s=loaded - start,
-            embed_s=embedded - loaded, head_s=t1 - t0, predict_s=t2 - t1,
-            n_features=int(embed.n_features_out_), dtype=str(F_train.dtype),
+            # the whole pipeline of this head: loading, embedding, this head, prediction
+            seconds=(embedded - start) + head.fit_s_ + predict_s, load_s=loaded - start,
+            embed_s=embedded - loaded, head_s=head.fit_s_, predict_s=predict_s,
+            n_features=int(embed.n_features_out_), dtype=str(F.dtype),
+            peak_gb=max(head.peak_gb_, _peak_gb()) if len(heads) == 1 else head.peak_gb_,
+            embed_peak_gb=embed_peak,
         ))
-    for r in results:  # the process's peak covers every head tried
-        r["peak_gb"] = _peak_gb()
     return results
 
 
