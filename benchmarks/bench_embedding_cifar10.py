@@ -13,9 +13,9 @@ Usage::
 
     python benchmarks/bench_embedding_cifar10.py              # best configuration
     python benchmarks/bench_embedding_cifar10.py --quick      # ~1 minute smoke run
-    python benchmarks/bench_embedding_cifar10.py --set '{"C": 0.001, "embedding": {"pooling": 3}}'
+    python benchmarks/bench_embedding_cifar10.py --set '{"reg": 300, "embedding": {"pooling": 3}}'
     python benchmarks/bench_embedding_cifar10.py --search '[{}, {"embedding": {"alpha": 0.5}}]' \\
-        --heads '[["logistic", 0.001], ["ridge", 1000]]' --n-train 10000 --n-test 2000
+        --heads '[["ridge", 100], ["logistic", 0.002]]' --n-train 10000 --n-test 2000
 
 Smaller runs (``--n-train``, ``--n-test``, ``--quick``) take a stratified,
 seeded subset of each set: the same number of images of every class (the
@@ -42,10 +42,12 @@ DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
 
 # the best configuration found (see docs/benchmarks.md for the search)
 BEST = dict(
-    embedding=dict(patch_size=6, n_atoms=1536, n_neighbors=384, encoding="hard",
-                   both_signs=True, pooling=3, dictionary="kmeans",
-                   flip_invariant=True, power=0.5, n_patches_fit=262144),
-    head="logistic", C=0.002,
+    embedding=dict(patch_size=6, n_atoms=5600, encoding="soft_threshold", alpha=0.25,
+                   both_signs=True, pooling=2, dictionary="data", flip_invariant=True,
+                   power=0.5, patch_normalize=True, whiten_reg=0.3,
+                   n_patches_fit=262144),
+    # the head and its regularization: C for logistic / linearsvc, alpha for ridge / sgd
+    head="ridge", reg=200,
 )
 
 HEADS = ("logistic", "ridge", "linearsvc", "sgd")
@@ -80,8 +82,8 @@ def make_head(name, reg, max_iter=300):
     if name == "linearsvc":
         return LinearSVC(C=reg, max_iter=max_iter, dual=True)
     if name == "sgd":
-        return SGDClassifier(loss="hinge", alpha=reg, max_iter=max_iter, tol=1e-4,
-                             random_state=0, n_jobs=-1)
+        return SGDClassifier(loss="hinge", alpha=reg, average=True, max_iter=max_iter,
+                             tol=1e-4, random_state=0, n_jobs=-1)
     raise ValueError(f"head={name!r}: expected one of {HEADS}")
 
 
@@ -182,7 +184,7 @@ def _merge(base, overrides):
 HEADER = (f"{'encoding':<14} {'dict':<6} {'atoms':>5} {'k':>4} {'alpha':>5} "
           f"{'both':>5} {'pool':>6} {'flip':>5} {'power':>5} {'pnorm':>5} "
           f"{'wreg':>6} {'head':>9} {'reg':>7} {'dim':>6} {'accuracy':>8} "
-          f"{'total s':>7} {'emb s':>6} {'head s':>6} {'peak GB':>7}")
+          f"{'total s':>7} {'emb s':>6} {'head s':>6} {'emb GB':>6} {'peak GB':>7}")
 
 
 def _row(config, r):
@@ -191,13 +193,13 @@ def _row(config, r):
     pool = emb.get("pooling", 2)
     pool = "x".join(map(str, pool)) if isinstance(pool, (list, tuple)) else str(pool)
     return (f"{emb.get('encoding', 'hard'):<14} {emb.get('dictionary', 'kmeans'):<6} "
-            f"{emb['n_atoms']:>5} {'-' if soft else emb['n_neighbors']:>4} "
+            f"{emb['n_atoms']:>5} {'-' if soft else emb.get('n_neighbors', 0.25):>4} "
             f"{emb.get('alpha', 0.25) if soft else '-':>5} "
             f"{str(emb.get('both_signs', False)):>5} {pool:>6} "
             f"{str(emb.get('flip_invariant', False)):>5} {emb.get('power', 1.0):>5} "
             f"{str(emb.get('patch_normalize', False)):>5} {emb.get('whiten_reg', 1e-3):>6} "
             f"{r['head']:>9} {r['reg']:>7} {r['n_features']:>6} {r['accuracy']:>8.2%} "
-            f"{r['seconds']:>7.0f} {r['embed_s']:>6.0f} {r['head_s']:>6.0f} {r['peak_gb']:>7.2f}")
+            f"{r['seconds']:>7.0f} {r['embed_s']:>6.0f} {r['head_s']:>6.0f} {r['embed_peak_gb']:>6.2f} {r['peak_gb']:>7.2f}")
 
 
 def main():
@@ -210,13 +212,13 @@ def main():
                         help="torch/BLAS threads (default 2: the whole 2-core machine)")
     parser.add_argument("--set", default="{}",
                         help='JSON overrides of the best configuration, e.g. '
-                             '\'{"C": 0.001, "embedding": {"pooling": 3}}\'')
+                             '\'{"reg": 300, "embedding": {"pooling": 3}}\'')
     parser.add_argument("--search", default=None,
                         help="a JSON list of overrides (as --set), one table block each")
     parser.add_argument("--heads", default=None,
                         help='JSON list of [head, reg] pairs scored on each embedding, e.g. '
                              '\'[["logistic", 0.002], ["ridge", 1000]]\' (default: the '
-                             "configuration's own head and C)")
+                             "configuration's own head and reg)")
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,7 +232,7 @@ def main():
     best = _merge(BEST, json.loads(args.set))
     if args.quick:
         args.n_train, args.n_test = min(args.n_train, 2000), min(args.n_test, 1000)
-        best["embedding"].update(n_atoms=256, n_neighbors=64, n_patches_fit=65536)
+        best["embedding"].update(n_atoms=256, n_patches_fit=65536)
     configs = [best]
     if args.search:
         configs = [_merge(best, o) for o in json.loads(args.search)]
@@ -241,7 +243,7 @@ def main():
     print(HEADER, flush=True)
     first = None
     for config in configs:
-        heads = json.loads(args.heads) if args.heads else [[config["head"], config["C"]]]
+        heads = json.loads(args.heads) if args.heads else [[config["head"], config["reg"]]]
         for name, _ in heads:
             if name not in HEADS:
                 parser.error(f"--heads: unknown head {name!r}; expected one of {HEADS}")
