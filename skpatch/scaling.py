@@ -23,6 +23,7 @@ Dask is optional: ``pip install "skpatch[dask]"``.
 
 import os
 from contextlib import contextmanager
+from numbers import Integral
 
 from .utils._dask import import_distributed
 
@@ -31,6 +32,16 @@ __all__ = ["cpu_cluster", "gpu_cluster", "gpu_worker_specs"]
 # the variables a nanny sets before it spawns a worker (distributed.nanny.pre-spawn-environ)
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+def _check_count(name, value, minimum, *, none_ok=False):
+    """``value`` as an int >= ``minimum`` (None passes where ``none_ok``), or a ValueError naming it."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        expected = f"an int >= {minimum}" + (" or None" if none_ok else "")
+        raise ValueError(f"{name} must be {expected}, got {value!r}.")
+    return int(value)
 
 
 @contextmanager
@@ -122,19 +133,12 @@ def cpu_cluster(n_workers=None, *, threads_per_worker=1, malloc_trim_threshold=N
     distributed = import_distributed()
     import joblib
 
-    if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-        raise ValueError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}.")
+    threads_per_worker = _check_count("threads_per_worker", threads_per_worker, 1)
+    n_workers = _check_count("n_workers", n_workers, 1, none_ok=True)
     if n_workers is None:
         n_workers = max(1, joblib.cpu_count() // threads_per_worker)
-    elif isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise ValueError(f"n_workers must be an int >= 1 or None, got {n_workers!r}.")
-    if malloc_trim_threshold is not None and (
-        isinstance(malloc_trim_threshold, bool) or not isinstance(malloc_trim_threshold, int)
-        or malloc_trim_threshold < 0
-    ):
-        raise ValueError(
-            f"malloc_trim_threshold must be an int >= 0 or None, got {malloc_trim_threshold!r}."
-        )
+    malloc_trim_threshold = _check_count("malloc_trim_threshold", malloc_trim_threshold, 0,
+                                         none_ok=True)
     if not cluster_kwargs.pop("processes", True):
         raise ValueError(
             "cpu_cluster starts worker processes (their environment is what it sets); "
@@ -193,8 +197,7 @@ def gpu_worker_specs(gpus, *, threads_per_worker=1, env=None, **worker_options):
     '1'
     """
     distributed = import_distributed()
-    if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-        raise ValueError(f"threads_per_worker must be an int >= 1, got {threads_per_worker!r}.")
+    threads_per_worker = _check_count("threads_per_worker", threads_per_worker, 1)
     gpus = [str(gpu) for gpu in gpus]
     if not gpus:
         raise ValueError("gpus is empty: expected at least one GPU index.")

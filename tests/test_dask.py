@@ -529,6 +529,9 @@ def test_gpu_cluster_bad_arguments(monkeypatch):
         "CUDA_VISIBLE_DEVICES": "2", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2",
         "OPENBLAS_NUM_THREADS": "2", "X": "y",
     }
+    # a numpy integer is an int (as scikit-learn's parameters take them)
+    assert gpu_worker_specs(["1"], threads_per_worker=np.int64(3))["gpu-1"]["options"]["env"][
+        "OMP_NUM_THREADS"] == "3"
 
 
 def _cpu_worker_facts():
